@@ -17,6 +17,6 @@ def current_seed() -> int | None:
 
 
 def set_current_seed(seed: int | None) -> None:
-    """Record the seed in force (``None`` when the marked test ends)."""
+    """Record the seed in force (``None`` outside a marked test)."""
     global _current_seed
     _current_seed = seed

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
-__all__ = ["DeterminismWarning", "GoldenFileError", "NondeterminismError"]
+__all__ = [
+    "DeterminismWarning",
+    "GoldenFileError",
+    "NondeterminismError",
+    "StochasticModuleError",
+]
 
 
 class DeterminismWarning(UserWarning):
@@ -16,3 +21,8 @@ class NondeterminismError(AssertionError):
 
 class GoldenFileError(AssertionError):
     """A golden file is missing, unreadable or not a valid safetensors file."""
+
+
+class StochasticModuleError(AssertionError):
+    """Under ``eval_mode="strict"``: a module was called in training mode with stochastic
+    layers active."""

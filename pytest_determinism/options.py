@@ -1,0 +1,139 @@
+"""Command-line, ini and marker arguments, parsed and validated into frozen settings.
+
+Everything a user can get wrong is checked here, once, with a message that names the test
+or option and says what to write instead.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+__all__ = [
+    "MARKER_ARGUMENTS",
+    "EvalMode",
+    "OptionError",
+    "SessionOptions",
+    "TestSettings",
+    "parse_seed",
+    "settings_from_markers",
+]
+
+EvalMode = Literal[True, False, "strict"]
+
+#: Marker keyword arguments and what each accepts, for error messages and the docs.
+MARKER_ARGUMENTS: Mapping[str, str] = {
+    "seed": "an int from 0 to 2**32 - 1",
+    "eval_mode": 'True, False or "strict"',
+    "warn_only": "True or False",
+    "tf32": "True or False",
+    "threads": "a positive int or None",
+    "stochastic": "True or False",
+}
+
+# NumPy's legacy global RNG takes seeds below 2**32, and every seeded RNG gets the same one.
+SEED_LIMIT = 2**32
+
+
+class OptionError(ValueError):
+    """A bad option, ini value or marker argument; the message says what to write."""
+
+
+def parse_seed(value: object, what: str) -> int:
+    """Return ``value`` as a seed, or raise ``OptionError`` naming ``what``."""
+    if isinstance(value, str):
+        text = value.strip()
+        try:
+            value = int(text, 0)
+        except ValueError:
+            raise OptionError(f"{what} must be an integer seed, got {text!r}") from None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise OptionError(f"{what} must be an int, got {type(value).__name__} {value!r}")
+    if not 0 <= value < SEED_LIMIT:
+        raise OptionError(f"{what} must be between 0 and 2**32 - 1, got {value}")
+    return value
+
+
+def parse_runs(value: object, what: str) -> int:
+    """Return ``value`` as a run count of at least 1, or raise ``OptionError``."""
+    try:
+        runs = int(str(value).strip(), 10)
+    except ValueError:
+        raise OptionError(f"{what} must be a whole number of runs, got {value!r}") from None
+    if runs < 1:
+        raise OptionError(f"{what} must be at least 1 (the runs compared), got {runs}")
+    return runs
+
+
+@dataclass(frozen=True)
+class SessionOptions:
+    """The session-wide options in force, validated."""
+
+    seed: int = 0
+    runs: int = 2
+    ci_mode: bool = False
+    update_golden: bool = False
+    golden_dir: Path | None = None
+    report_path: Path | None = None
+
+
+@dataclass(frozen=True)
+class TestSettings:
+    """What one marked test asked for, with the session's defaults filled in."""
+
+    seed: int
+    eval_mode: EvalMode = True
+    warn_only: bool = False
+    tf32: bool = False
+    threads: int | None = None
+    stochastic: bool = False
+
+
+def _bool_argument(name: str, value: object) -> bool:
+    if not isinstance(value, bool):
+        raise OptionError(f"{name} must be True or False, got {value!r}")
+    return value
+
+
+def settings_from_markers(
+    kwargs_closest_first: Iterable[tuple[tuple[Any, ...], Mapping[str, Any]]],
+    session_seed: int,
+) -> TestSettings:
+    """Merge marker arguments (closest marker wins) into validated ``TestSettings``.
+
+    ``kwargs_closest_first`` holds each ``deterministic`` marker's positional and keyword
+    arguments, the test's own marker first, then its class's, then its module's.
+    """
+    merged: dict[str, Any] = {}
+    for args, kwargs in kwargs_closest_first:
+        if args:
+            raise OptionError(
+                f"deterministic takes keyword arguments only, got positional {args!r}; "
+                f"write e.g. @deterministic(seed={args[0]!r})"
+            )
+        for key, value in kwargs.items():
+            if key not in MARKER_ARGUMENTS:
+                known = ", ".join(MARKER_ARGUMENTS)
+                raise OptionError(f"deterministic got an unknown argument {key!r}; known: {known}")
+            merged.setdefault(key, value)
+
+    seed = session_seed if merged.get("seed") is None else parse_seed(merged["seed"], "seed")
+    eval_mode = merged.get("eval_mode", True)
+    if not (eval_mode is True or eval_mode is False or eval_mode == "strict"):
+        raise OptionError(f'eval_mode must be True, False or "strict", got {eval_mode!r}')
+    threads = merged.get("threads")
+    if threads is not None and (
+        isinstance(threads, bool) or not isinstance(threads, int) or threads < 1
+    ):
+        raise OptionError(f"threads must be a positive int or None, got {threads!r}")
+    stochastic_default = eval_mode is False
+    return TestSettings(
+        seed=seed,
+        eval_mode=eval_mode,
+        warn_only=_bool_argument("warn_only", merged.get("warn_only", False)),
+        tf32=_bool_argument("tf32", merged.get("tf32", False)),
+        threads=threads,
+        stochastic=_bool_argument("stochastic", merged.get("stochastic", stochastic_default)),
+    )
