@@ -41,9 +41,12 @@ class OptionError(ValueError):
     """A bad option, ini value or marker argument; the message says what to write."""
 
 
-def parse_seed(value: object, what: str) -> int:
-    """Return ``value`` as a seed, or raise ``OptionError`` naming ``what``."""
-    if isinstance(value, str):
+def parse_seed(value: object, what: str, *, text: bool = False) -> int:
+    """Return ``value`` as a seed, or raise ``OptionError`` naming ``what``.
+
+    ``text``: the value comes from the command line or an ini file and may be a string.
+    """
+    if text and isinstance(value, str):
         text = value.strip()
         try:
             value = int(text, 0)

@@ -123,9 +123,9 @@ def _session_options(config: pytest.Config) -> SessionOptions:
     seed_option = config.getoption("determinism_seed")
     seed_ini = config.getini("determinism_seed")
     if seed_option is not None:
-        seed = parse_seed(seed_option, "--determinism-seed")
+        seed = parse_seed(seed_option, "--determinism-seed", text=True)
     elif seed_ini:
-        seed = parse_seed(seed_ini, "ini determinism_seed")
+        seed = parse_seed(seed_ini, "ini determinism_seed", text=True)
     else:
         seed = 0
     runs_option = config.getoption("determinism_runs")
@@ -254,7 +254,9 @@ def pytest_collection(session: pytest.Session) -> None:
     for arg in session.config.args:
         if "::" in arg:
             path = arg.split("::", 1)[0]
-            plugin_session.partial_modules.add((session.config.invocation_params.dir / path).resolve())
+            plugin_session.partial_modules.add(
+                (session.config.invocation_params.dir / path).resolve()
+            )
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
@@ -275,7 +277,9 @@ def pytest_collection_finish(session: pytest.Session) -> None:
         except OptionError as exc:
             errors.append(f"{item.nodeid}: {exc}")
     if errors:
-        raise pytest.UsageError("pytest-determinism: bad @deterministic arguments:\n  " + "\n  ".join(errors))
+        raise pytest.UsageError(
+            "pytest-determinism: bad @deterministic arguments:\n  " + "\n  ".join(errors)
+        )
 
 
 def _test_name(item: pytest.Item) -> str:
@@ -358,7 +362,9 @@ def pytest_runtest_makereport(
     report = yield
     if report.when == "call":
         item.stash[CALL_PASSED] = report.passed
-    if (report.when == "call" or report.failed) and (SETTINGS in item.stash or GOLDEN in item.stash):
+    if (report.when == "call" or report.failed) and (
+        SETTINGS in item.stash or GOLDEN in item.stash
+    ):
         test = item.config.stash[SESSION].record.test(item.nodeid)
         test.outcome = report.outcome if report.when == "call" else f"{report.when} error"
         settings = item.stash.get(SETTINGS, None)
@@ -494,9 +500,7 @@ def _device_description(torch: Any) -> str:
     return f"cpu ({torch.get_num_threads()} threads)"
 
 
-def pytest_terminal_summary(
-    terminalreporter: Any, exitstatus: int, config: pytest.Config
-) -> None:
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
     """One line for goldens, one for the CI mode, unused goldens listed with ``-v``."""
     plugin_session = config.stash.get(SESSION, None)
     if plugin_session is None:

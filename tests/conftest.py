@@ -5,11 +5,13 @@ from __future__ import annotations
 import hypothesis  # noqa: F401
 import numpy  # noqa: F401
 import pytest
-import torch  # noqa: F401
+import torch
+import torch._inductor.config  # noqa: F401
 
 # The imports above are not unused: in-process pytester runs drop every module first
 # imported inside the inner session, and loading torch's or NumPy's C extension a second
 # time in one process crashes it. Importing them here keeps them loaded for good.
+# (torch.use_deterministic_algorithms imports inductor's config, so that one too.)
 
 # Inner pytester sessions don't read this project's ini; keep their test order fixed
 # unless a test asks for pytest-randomly on purpose.

@@ -1,0 +1,136 @@
+"""Session-wide behaviour: header, CUBLAS_WORKSPACE_CONFIG, PYTHONHASHSEED, imports, no torch."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+
+def test_header_names_seed_torch_and_environment(pytester: pytest.Pytester, run) -> None:
+    pytester.makepyfile("def test_fine():\n    pass\n")
+    result = run("--determinism-seed", "3")
+    result.stdout.fnmatch_lines(
+        [
+            "determinism: seed 3, torch 2.*, CUBLAS_WORKSPACE_CONFIG=*, PYTHONHASHSEED=*",
+        ]
+    )
+
+
+def test_cublas_workspace_config_set_when_unset_and_restored(
+    pytester: pytest.Pytester, run, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    pytester.makepyfile(
+        """
+import os
+
+def test_env():
+    assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
+"""
+    )
+    run().assert_outcomes(passed=1)
+    assert "CUBLAS_WORKSPACE_CONFIG" not in os.environ
+
+
+def test_user_cublas_workspace_config_is_kept(
+    pytester: pytest.Pytester, run, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", ":16:8")
+    pytester.makepyfile(
+        """
+import os
+
+def test_env():
+    assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":16:8"
+"""
+    )
+    run().assert_outcomes(passed=1)
+
+
+def test_ci_mode_warns_when_pythonhashseed_is_unset(
+    pytester: pytest.Pytester, run, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("PYTHONHASHSEED", raising=False)
+    pytester.makepyfile("def test_fine():\n    pass\n")
+    result = run("--determinism")
+    result.stdout.fnmatch_lines(["*DeterminismWarning: PYTHONHASHSEED is unset*PYTHONHASHSEED=0*"])
+    monkeypatch.setenv("PYTHONHASHSEED", "0")
+    run("--determinism").stdout.no_fnmatch_line("*PYTHONHASHSEED is unset*")
+
+
+def _python(code: str, **env: str) -> str:
+    completed = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, **env},
+    )
+    return completed.stdout.strip()
+
+
+def test_loading_the_plugin_imports_neither_torch_nor_hypothesis() -> None:
+    out = _python(
+        """
+        import sys
+        from importlib.metadata import entry_points
+        [e.load() for e in entry_points(group="pytest11") if e.name == "determinism"]
+        import pytest_determinism
+        print(sorted(m for m in ("torch", "hypothesis", "numpy") if m in sys.modules))
+        """
+    )
+    assert out == "[]"
+
+
+SITECUSTOMIZE = """
+import sys
+
+class _NoTorch:
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch" or name.startswith("torch."):
+            raise ImportError("torch is hidden for this test")
+        return None
+
+sys.meta_path.insert(0, _NoTorch())
+"""
+
+
+def test_without_torch_the_marker_seeds_random_and_numpy(pytester: pytest.Pytester) -> None:
+    """A project without torch: the marker still seeds random and NumPy, nothing breaks."""
+    hide = pytester.mkdir("hide_torch")
+    (hide / "sitecustomize.py").write_text(SITECUSTOMIZE)
+    pytester.makepyfile(
+        """
+import random
+import numpy as np
+import pytest
+
+def test_torch_really_hidden():
+    with pytest.raises(ImportError):
+        import torch
+
+@pytest.mark.deterministic(seed=4)
+def test_seeded():
+    drawn = (random.random(), float(np.random.rand()))
+    random.seed(4); np.random.seed(4)
+    assert drawn == (random.random(), float(np.random.rand()))
+
+def test_golden_numpy(golden_tensor):
+    golden_tensor.check(np.arange(4.0), name="x")
+"""
+    )
+    pytester._monkeypatch.setenv(
+        "PYTHONPATH", os.pathsep.join([str(hide), os.environ.get("PYTHONPATH", "")])
+    )
+    result = pytester.runpytest_subprocess("-p", "no:randomly", "--determinism")
+    result.assert_outcomes(passed=2, failed=1)
+    result.stdout.fnmatch_lines(["*pytest --update-golden*test_golden_numpy*"])
+    result = pytester.runpytest_subprocess("-p", "no:randomly", "--update-golden")
+    result.assert_outcomes(passed=3)
+    result = pytester.runpytest_subprocess("-p", "no:randomly", "--determinism")
+    result.assert_outcomes(passed=3)
+    result.stdout.fnmatch_lines(["determinism: 1 tests x 2 runs*0 nondeterministic"])
