@@ -290,17 +290,19 @@ def _test_name(item: pytest.Item) -> str:
 def _golden_file(item: pytest.Item, plugin_session: PluginSession) -> Path | None:
     if not isinstance(item, pytest.Function):
         return None
-    try:
-        from pytest_determinism.paths import golden_path
-    except ImportError:  # TEMPORARY until paths.py lands
-        return None
+    from pytest_determinism.paths import golden_path
 
-    return golden_path(
-        test_file=Path(str(item.path)),
-        test_name=_test_name(item),
-        rootdir=item.config.rootpath,
-        golden_dir=plugin_session.options.golden_dir,
-    )
+    try:
+        return golden_path(
+            test_file=Path(str(item.path)),
+            test_name=_test_name(item),
+            rootdir=item.config.rootpath,
+            golden_dir=plugin_session.options.golden_dir,
+        )
+    except ValueError:
+        # Only a symlinked folder could lead outside the golden root; such a test gets no
+        # golden (the fixture says why) and is left out of the unused-golden inventory.
+        return None
 
 
 # --- running a test ---------------------------------------------------------------------
@@ -328,6 +330,7 @@ def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
         return None
     plugin_session = pyfuncitem.config.stash[SESSION]
     pyfuncitem.stash[RUNNING_BODY] = True
+    explained = None
     try:
         if plugin_session.options.ci_mode:
             from pytest_determinism.cimode import run_ci_mode
@@ -348,10 +351,25 @@ def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
         explained = explain_torch_error(exc)
         if explained is None:
             raise
-        pytest.fail(explained, pytrace=False)
+        explained += _location_in(exc, pyfuncitem)
     finally:
         pyfuncitem.stash[RUNNING_BODY] = False
+    if explained is not None:
+        # Outside the except block, so the report is not chained to torch's traceback.
+        pytest.fail(explained, pytrace=False)
     return True
+
+
+def _location_in(exc: BaseException, item: pytest.Function) -> str:
+    """Where in the test's own file the exception was raised, as a line to append."""
+    test_file = str(item.path)
+    where = None
+    tb = exc.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_code.co_filename == test_file:
+            where = f"{item.path.name}:{tb.tb_lineno}"
+        tb = tb.tb_next
+    return f"\n  (raised at {where})" if where else ""
 
 
 @pytest.hookimpl(wrapper=True)
@@ -420,7 +438,12 @@ def golden_tensor(request: pytest.FixtureRequest) -> Iterator[GoldenTensor]:
     options = plugin_session.options
     path = _golden_file(item, plugin_session)
     if path is None:
-        raise pytest.UsageError(f"golden_tensor works in test functions only, not in {item!r}")
+        pytest.fail(
+            f"golden_tensor: no golden file can be placed for {item.nodeid}: it must be a "
+            "test function whose golden path stays inside the golden root (check symbolic "
+            "links in the test's folder and the ini option golden_dir)",
+            pytrace=False,
+        )
     golden = GoldenTensor(
         path=path,
         root=path.parent.parent,
