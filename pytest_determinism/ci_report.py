@@ -7,6 +7,7 @@ whenever a field changes meaning or goes away (adding a field does not).
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 
@@ -57,8 +58,19 @@ def build_report(record: SessionRecord, options: SessionOptions, exitstatus: int
             "determinism_tests": record.determinism_tests,
             "nondeterministic": sorted(record.nondeterministic),
         },
-        "tests": [record.tests[nodeid].to_json() for nodeid in sorted(record.tests)],
+        "tests": [_jsonable(record.tests[nodeid].to_json()) for nodeid in sorted(record.tests)],
     }
+
+
+def _jsonable(value: Any) -> Any:
+    # JSON has no infinities or NaN; a difference can be either.
+    if isinstance(value, float) and not math.isfinite(value):
+        return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
+    if isinstance(value, dict):
+        return {key: _jsonable(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(item) for item in value]
+    return value
 
 
 def write_report(path: Path, report: dict[str, Any]) -> None:
@@ -67,10 +79,9 @@ def write_report(path: Path, report: dict[str, Any]) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as stream:
-            json.dump(report, stream, indent=2, sort_keys=True)
+            json.dump(report, stream, indent=2, sort_keys=True, allow_nan=False)
             stream.write("\n")
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-

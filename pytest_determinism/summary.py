@@ -31,7 +31,11 @@ def summary_lines(plugin_session: PluginSession, *, verbose: bool) -> Iterator[s
     elif unused:
         parts.append(f"{len(unused)} unused")
     if parts:
-        yield "golden: " + ", ".join(parts)
+        incomplete = (
+            "" if plugin_session.worker_reports_complete
+            else " (incomplete: a pytest-xdist worker went down without its report)"
+        )
+        yield "golden: " + ", ".join(parts) + incomplete
     if record.not_written:
         yield (
             f"golden: nothing written for {len(record.not_written)} failed test(s), their "
