@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import os
 import sys
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from pytest_determinism.rng import RngState, capture_rng, restore_rng, torch_if_imported
@@ -48,10 +49,18 @@ def _backend(torch: Any, dotted: str) -> Any:
 
 @dataclass(frozen=True)
 class Tf32State:
-    """TF32 settings of one backend group, in the API family the user is on."""
+    """TF32 settings of one backend group.
 
-    legacy: bool
-    values: tuple[Any, ...]
+    ``effective`` holds the ``fp32_precision`` strings, which are always readable and say
+    what torch will do; snapshots compare on them alone. ``legacy`` and ``values`` say how
+    to write them back: through the legacy API (``values`` its readings) or the new one.
+    The legacy getters raise after the two APIs were mixed, and an equivalent consistent
+    state makes them readable again: the same settings, so the same snapshot.
+    """
+
+    legacy: bool = field(compare=False)
+    values: tuple[Any, ...] = field(compare=False)
+    effective: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -83,18 +92,24 @@ def _inductor_config() -> Any | None:
     return sys.modules.get("torch._inductor.config")
 
 
+def _strings(torch: Any, names: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(str(_backend(torch, n).fp32_precision) for n in names)
+
+
 def _read_matmul_tf32(torch: Any) -> Tf32State:
+    effective = _strings(torch, _NEW_API_MATMUL)
     try:
-        return Tf32State(True, (torch.get_float32_matmul_precision(),))
+        return Tf32State(True, (torch.get_float32_matmul_precision(),), effective)
     except RuntimeError:
-        return Tf32State(False, tuple(_backend(torch, n).fp32_precision for n in _NEW_API_MATMUL))
+        return Tf32State(False, effective, effective)
 
 
 def _read_cudnn_tf32(torch: Any) -> Tf32State:
+    effective = _strings(torch, _NEW_API_CUDNN)
     try:
-        return Tf32State(True, (bool(torch.backends.cudnn.allow_tf32),))
+        return Tf32State(True, (bool(torch.backends.cudnn.allow_tf32),), effective)
     except RuntimeError:
-        return Tf32State(False, tuple(_backend(torch, n).fp32_precision for n in _NEW_API_CUDNN))
+        return Tf32State(False, effective, effective)
 
 
 def _write_matmul_tf32(torch: Any, state: Tf32State) -> None:
@@ -149,6 +164,20 @@ def _switch_deterministic_algorithms(torch: Any, mode: bool, warn_only: bool) ->
         setter(mode, warn_only=warn_only)
 
 
+def _restore_tf32(
+    torch: Any,
+    wanted: Tf32State,
+    read: Callable[[Any], Tf32State],
+    write: Callable[[Any, Tf32State], None],
+) -> None:
+    if read(torch) == wanted:
+        return
+    write(torch, wanted)
+    if read(torch) != wanted:
+        # The legacy value could not express what the new-API strings held.
+        write(torch, Tf32State(False, wanted.effective, wanted.effective))
+
+
 def _restore_torch(torch: Any, flags: TorchFlags) -> None:
     if (
         torch.are_deterministic_algorithms_enabled() != flags.deterministic
@@ -166,10 +195,8 @@ def _restore_torch(torch: Any, flags: TorchFlags) -> None:
     torch.utils.deterministic.fill_uninitialized_memory = flags.fill_uninitialized_memory
     torch.backends.cudnn.deterministic = flags.cudnn_deterministic
     torch.backends.cudnn.benchmark = flags.cudnn_benchmark
-    if _read_matmul_tf32(torch) != flags.matmul_tf32:
-        _write_matmul_tf32(torch, flags.matmul_tf32)
-    if _read_cudnn_tf32(torch) != flags.cudnn_tf32:
-        _write_cudnn_tf32(torch, flags.cudnn_tf32)
+    _restore_tf32(torch, flags.matmul_tf32, _read_matmul_tf32, _write_matmul_tf32)
+    _restore_tf32(torch, flags.cudnn_tf32, _read_cudnn_tf32, _write_cudnn_tf32)
     if torch.get_num_threads() != flags.threads:
         torch.set_num_threads(flags.threads)
 
