@@ -72,4 +72,3 @@ class ActiveTest:
         self.guard.restore()
         state.restore(self._baseline)
         context.set_current_seed(self._outer_seed)
-

@@ -26,7 +26,9 @@ _STOCHASTIC_NAME_PARTS = ("droppath", "stochasticdepth", "dropblock", "dropconne
 
 
 def _is_stochastic(torch: Any, module: Any) -> bool:
-    if isinstance(module, torch.nn.modules.dropout._DropoutNd | torch.nn.modules.batchnorm._BatchNorm):
+    if isinstance(
+        module, torch.nn.modules.dropout._DropoutNd | torch.nn.modules.batchnorm._BatchNorm
+    ):
         return True
     name = type(module).__name__.lower().replace("_", "")
     return any(part in name for part in _STOCHASTIC_NAME_PARTS)
@@ -110,7 +112,9 @@ class EvalModeGuard:
             raise StochasticModuleError(message + ' (eval_mode="strict")')
         if self._warn:
             filename, lineno = _outside_frame()
-            warnings.warn_explicit(DeterminismWarning(message), DeterminismWarning, filename, lineno)
+            warnings.warn_explicit(
+                DeterminismWarning(message), DeterminismWarning, filename, lineno
+            )
 
     def switch_to_eval(self, module: Any) -> None:
         """Put ``module`` and its submodules in eval mode, remembering their flags."""
