@@ -445,9 +445,11 @@ def golden_tensor(request: pytest.FixtureRequest) -> Iterator[GoldenTensor]:
             "links in the test's folder and the ini option golden_dir)",
             pytrace=False,
         )
+    from pytest_determinism.paths import golden_root
+
     golden = GoldenTensor(
         path=path,
-        root=path.parent.parent,
+        root=golden_root(Path(str(item.path)), item.config.rootpath, options.golden_dir),
         test_id=item.nodeid,
         update=options.update_golden,
         tolerances=plugin_session.tolerances,

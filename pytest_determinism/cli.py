@@ -1,0 +1,174 @@
+"""``python -m pytest_determinism show|diff``: look at golden files outside a test run.
+
+``show PATH...`` prints each file's keys (dtype, shape, min, max, mean, NaN and Inf
+counts) and metadata. ``diff GOLDEN OTHER`` compares ``OTHER`` against ``GOLDEN`` with the
+default tolerances and prints the report a failing check would. Exit status: 0 when every
+file was shown or the two files match, 1 when they differ, 2 on bad input. Files are read
+as safetensors only, never unpickled, and no traceback is ever printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TextIO
+
+from pytest_determinism.compare import Comparison, Summary, compare, summarize
+from pytest_determinism.errors import GoldenFileError
+from pytest_determinism.report import format_value, mismatch_report
+from pytest_determinism.storage import GoldenFile, read_golden
+from pytest_determinism.tolerances import resolve_tolerance
+
+__all__ = ["main"]
+
+EXIT_OK = 0
+EXIT_DIFFER = 1
+EXIT_BAD_INPUT = 2
+
+
+class _BadInput(Exception):
+    """A problem with the command's input, reported in one line with exit status 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        # argparse's own exit status for usage errors is 2 as well; this keeps the
+        # message on one line with the program name.
+        self.print_usage(sys.stderr)
+        raise _BadInput(message)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="python -m pytest_determinism",
+        description="Inspect pytest-determinism golden files (safetensors).",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    show = commands.add_parser("show", help="keys, dtypes, shapes, statistics and metadata")
+    show.add_argument("paths", nargs="+", metavar="PATH", help="golden files to show")
+    diff = commands.add_parser("diff", help="compare OTHER against GOLDEN as a failing check would")
+    diff.add_argument("golden", metavar="GOLDEN", help="the reference file")
+    diff.add_argument("other", metavar="OTHER", help="the file compared against it")
+    diff.add_argument("--rtol", type=float, default=None, help="relative tolerance")
+    diff.add_argument("--atol", type=float, default=None, help="absolute tolerance")
+    diff.add_argument("--exact", action="store_true", help="require identical bits")
+    diff.add_argument("--no-equal-nan", action="store_true", help="NaN does not match NaN")
+    return parser
+
+
+def _open(path: str) -> GoldenFile:
+    try:
+        return read_golden(Path(path))
+    except FileNotFoundError:
+        raise _BadInput(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise _BadInput(f"{path}: is a folder, not a golden file") from None
+    except GoldenFileError as exc:
+        raise _BadInput(str(exc)) from None
+    except OSError as exc:
+        raise _BadInput(f"{path}: cannot be read ({exc.strerror or exc})") from None
+
+
+def _shape(shape: tuple[int, ...]) -> str:
+    return "(" + ", ".join(str(n) for n in shape) + ("," if len(shape) == 1 else "") + ")"
+
+
+def _stats(summary: Summary, dtype: str) -> str:
+    parts = []
+    if summary.minimum is not None:
+        parts.append(f"min {format_value(summary.minimum, dtype)}")
+    if summary.maximum is not None:
+        parts.append(f"max {format_value(summary.maximum, dtype)}")
+    if summary.mean is not None:
+        parts.append(f"mean {summary.mean:.6g}")
+    parts.append(f"nan {summary.nan}")
+    parts.append(f"inf {summary.inf}")
+    return "  ".join(parts)
+
+
+def _show(paths: Sequence[str], out: TextIO) -> int:
+    files = [_open(path) for path in paths]
+    for number, golden in enumerate(files):
+        with golden:
+            if number:
+                out.write("\n")
+            out.write(f"{golden.path}\n")
+            keys = golden.sorted_keys()
+            out.write(f"  {len(keys)} key{'s' if len(keys) != 1 else ''}\n")
+            rows = []
+            for key in keys:
+                entry = golden.entries[key]
+                summary = summarize(golden.leaf(key))
+                rows.append((key, entry.dtype, _shape(entry.shape), _stats(summary, entry.dtype)))
+            widths = [max((len(row[i]) for row in rows), default=0) for i in range(3)]
+            for row in rows:
+                cells = [row[i].ljust(widths[i]) for i in range(3)]
+                out.write(f"    {'  '.join(cells)}  {row[3]}\n")
+            out.write("  metadata\n")
+            if not golden.metadata:
+                out.write("    (none)\n")
+            for name in sorted(golden.metadata):
+                out.write(f"    {name}: {golden.metadata[name]}\n")
+    return EXIT_OK
+
+
+def _diff(arguments: argparse.Namespace, out: TextIO) -> int:
+    for name in ("rtol", "atol"):
+        value = getattr(arguments, name)
+        if value is not None and not value >= 0:
+            raise _BadInput(f"--{name} must be a number >= 0, got {value}")
+    golden = _open(arguments.golden)
+    other = _open(arguments.other)
+    with golden, other:
+        comparisons: dict[str, Comparison] = {}
+        for key in golden.sorted_keys():
+            if key not in other.entries:
+                continue
+            actual = other.leaf(key)
+            tolerance = resolve_tolerance(
+                actual.dtype, rtol=arguments.rtol, atol=arguments.atol, exact=arguments.exact
+            )
+            comparisons[key] = compare(
+                actual, golden.leaf(key), tolerance, equal_nan=not arguments.no_equal_nan
+            )
+        missing = [key for key in golden.sorted_keys() if key not in other.entries]
+        extra = [key for key in other.sorted_keys() if key not in golden.entries]
+        if not missing and not extra and all(c.passed for c in comparisons.values()):
+            count = len(comparisons)
+            out.write(f"{other.path} matches {golden.path} ({count} key{'s' * (count != 1)})\n")
+            return EXIT_OK
+        out.write(
+            mismatch_report(
+                title=f"{other.path} against {golden.path}",
+                path=golden.path,
+                comparisons=comparisons,
+                missing=missing,
+                extra=extra,
+                recorded=golden.metadata,
+                current=other.metadata,
+            )
+            + "\n"
+        )
+        return EXIT_DIFFER
+
+
+def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
+    """Run the command line; returns the exit status (never raises, never prints a
+    traceback, except on ``KeyboardInterrupt``)."""
+    stream = out if out is not None else sys.stdout
+    try:
+        arguments = _parser().parse_args(argv)
+        if arguments.command == "show":
+            return _show(arguments.paths, stream)
+        return _diff(arguments, stream)
+    except _BadInput as exc:
+        sys.stderr.write(f"pytest_determinism: error: {exc}\n")
+        return EXIT_BAD_INPUT
+    except SystemExit as exc:
+        # argparse exits for --help (0).
+        return int(exc.code) if isinstance(exc.code, int) else EXIT_BAD_INPUT
+    except Exception as exc:  # a bug or an unforeseen file problem: one line, no traceback
+        sys.stderr.write(f"pytest_determinism: error: {type(exc).__name__}: {exc}\n")
+        return EXIT_BAD_INPUT

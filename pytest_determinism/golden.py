@@ -1,0 +1,445 @@
+"""The ``golden_tensor`` object: ``check``, recording, and per-run evidence for the CI mode.
+
+One object per test, one golden file per test. ``check`` flattens a value into leaves and
+either compares them with the file (streaming, memory-mapped) or, under
+``--update-golden``, keeps them to be written when the test has passed. In the CI mode
+the plugin calls ``start_run`` before each run of the body: run 0 behaves as above, later
+runs only capture what was checked, and ``evidence`` hands each run's leaves to the
+engine, which compares the runs bit for bit.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pytest_determinism.compare import Comparison, compare
+from pytest_determinism.errors import GoldenFileError
+from pytest_determinism.report import mismatch_report, update_command
+from pytest_determinism.storage import (
+    GoldenFile,
+    GoldenFormatError,
+    environment_metadata,
+    read_golden,
+    write_golden,
+)
+from pytest_determinism.tolerances import Tolerance, resolve_tolerance
+from pytest_determinism.values import Leaf, bits_equal, flatten
+
+__all__ = ["CHECKS_KEY", "GoldenResult", "GoldenTensor"]
+
+#: Metadata key of the JSON map ``{check name: [its keys]}`` a golden file records.
+CHECKS_KEY = "checks"
+
+_RESERVED_NAMES = frozenset({"__metadata__"})
+
+
+@dataclass(frozen=True)
+class GoldenResult:
+    """What one test's golden checks came to, for the summary and the CI report.
+
+    Counts are per checked name (one ``check`` call): ``passed`` (matched, or recorded
+    unchanged under ``--update-golden``), ``failed`` (differed, or had no golden),
+    ``written`` (recorded for the first time), ``updated`` (recorded with new content).
+    ``used``: the test checked something, so its golden file is needed. ``not_written``:
+    ``--update-golden`` recorded checks but the test failed, so nothing was written.
+    ``file_written``: the file on disk was (re)written. ``entries``: one plain dict per
+    checked key (``key``, ``outcome``, ``dtype``, ``shape``, ``tolerance``,
+    ``mismatched``, ``total``, ``max_abs_diff``, ``max_rel_diff``).
+    """
+
+    path: Path
+    passed: int = 0
+    failed: int = 0
+    written: int = 0
+    updated: int = 0
+    used: bool = False
+    not_written: bool = False
+    file_written: bool = False
+    entries: tuple[dict[str, Any], ...] = field(default_factory=tuple)
+
+
+def _entry(key: str, outcome: str, leaf: Leaf, comparison: Comparison | None) -> dict[str, Any]:
+    entry: dict[str, Any] = {
+        "key": key,
+        "outcome": outcome,
+        "dtype": leaf.dtype,
+        "shape": list(leaf.shape),
+        "tolerance": None,
+        "mismatched": 0,
+        "total": leaf.size,
+        "max_abs_diff": None,
+        "max_rel_diff": None,
+    }
+    if comparison is not None:
+        entry["tolerance"] = comparison.tolerance.describe()
+        entry["mismatched"] = comparison.mismatched
+        entry["max_abs_diff"] = comparison.max_abs_diff
+        entry["max_rel_diff"] = comparison.max_rel_diff
+        if comparison.outcome in ("dtype", "shape"):
+            entry["golden_dtype"] = comparison.golden_dtype
+            entry["golden_shape"] = list(comparison.golden_shape)
+    return entry
+
+
+class GoldenTensor:
+    """Compare a test's outputs with its golden file, or record them.
+
+    ``path`` is the test's golden file and ``root`` the golden root it must lie in;
+    ``test_id`` the node id (recorded, and quoted in the command that re-records);
+    ``update`` records instead of comparing; ``tolerances`` overrides the default table
+    per dtype; ``seed`` is recorded in the metadata; with ``defer_failures`` a mismatch
+    of run 0 is kept in :attr:`pending_failure` instead of raised.
+    """
+
+    def __init__(
+        self,
+        *,
+        path: Path,
+        root: Path,
+        test_id: str,
+        update: bool,
+        tolerances: Mapping[str, Tolerance],
+        seed: int | None,
+        defer_failures: bool,
+    ) -> None:
+        path, root = Path(path), Path(root)
+        if not path.resolve().is_relative_to(root.resolve()):
+            raise ValueError(f"golden file {path} lies outside the golden root {root}")
+        self.path = path
+        self.root = root
+        self.test_id = test_id
+        self.update = update
+        self.tolerances = dict(tolerances)
+        self.seed = seed
+        self.defer_failures = defer_failures
+        #: Run 0's golden mismatch, when ``defer_failures``; ``None`` otherwise.
+        self.pending_failure: str | None = None
+        self._run = 0
+        self._capturing = False
+        self._counter = 0
+        self._names: dict[str, list[str]] = {}
+        self._keys: set[str] = set()
+        self._evidence: dict[int, dict[str, Leaf]] = {}
+        self._recorded: dict[str, dict[str, Leaf]] = {}
+        self._file: GoldenFile | None = None
+        self._file_error: GoldenFileError | None = None
+        self._passed = 0
+        self._failed = 0
+        self._entries: list[dict[str, Any]] = []
+
+    def __repr__(self) -> str:
+        mode = "recording" if self.update else "comparing"
+        return f"<golden_tensor {mode} {self.test_id} in {self.path}>"
+
+    # -- the CI mode -----------------------------------------------------------------
+
+    def start_run(self, index: int) -> None:
+        """Begin run ``index`` of the CI mode: unnamed checks count from ``0`` again;
+        run 0 compares (or records), later runs only capture their evidence."""
+        self._run = index
+        self._capturing = True
+        self._counter = 0
+        self._names = {}
+        self._keys = set()
+        self._evidence[index] = {}
+
+    def evidence(self, index: int) -> dict[str, Leaf]:
+        """What run ``index`` checked, keyed ``"name"`` or ``"name.key"`` (CI mode only:
+        leaves are kept from :meth:`start_run` on)."""
+        return dict(self._evidence.get(index, {}))
+
+    # -- checking --------------------------------------------------------------------
+
+    def check(
+        self,
+        value: object,
+        name: str | None = None,
+        *,
+        rtol: float | None = None,
+        atol: float | None = None,
+        exact: bool = False,
+        equal_nan: bool = True,
+    ) -> None:
+        """Compare ``value`` with its golden, or record it under ``--update-golden``.
+
+        ``value``: a tensor, array, number, or a nested dict / list / tuple of them.
+        ``name``: the key in the golden file, unique within the test; unnamed checks are
+        ``0``, ``1``, ... in order. ``rtol`` / ``atol`` override the dtype's default (one
+        alone takes the other from the table); ``exact`` asks for equal bits;
+        ``equal_nan`` lets NaN match NaN. Raises ``AssertionError`` on a mismatch and
+        :class:`~pytest_determinism.errors.GoldenFileError` when the golden is missing.
+        """
+        __tracebackhide__ = True
+        name = self._claim_name(name)
+        # Bad tolerances fail the same way whether the check compares or records.
+        resolve_tolerance("float32", rtol=rtol, atol=atol)
+        keep = self.update or self._capturing
+        try:
+            leaves = flatten(value, copy=keep, prefix=name)
+        except (TypeError, ValueError) as exc:
+            # Raised afresh here, so the traceback ends in the test, not in the plugin.
+            raise type(exc)(str(exc)) from None
+        clash = next((key for key in leaves if key in self._keys), None)
+        if clash is not None:
+            raise ValueError(
+                f"golden_tensor.check: the key {clash!r} of {name!r} clashes with a key "
+                "of an earlier check in this test; rename one of them"
+            )
+        self._names[name] = list(leaves)
+        self._keys.update(leaves)
+        if self._capturing:
+            self._evidence[self._run].update(leaves)
+        if self._run > 0:
+            return
+        if self.update:
+            self._recorded[name] = leaves
+            return
+        try:
+            message = self._compare(
+                name, leaves, rtol=rtol, atol=atol, exact=exact, equal_nan=equal_nan
+            )
+        except GoldenFileError:
+            self._failed += 1
+            raise
+        if message is None:
+            self._passed += 1
+            return
+        self._failed += 1
+        if self.defer_failures:
+            # A missing file gives the same message for every check: say it once.
+            if self.pending_failure is None:
+                self.pending_failure = message
+            elif message not in self.pending_failure:
+                self.pending_failure = f"{self.pending_failure}\n\n{message}"
+            return
+        raise AssertionError(message)
+
+    def _claim_name(self, name: str | None) -> str:
+        __tracebackhide__ = True
+        if name is None:
+            name = str(self._counter)
+            self._counter += 1
+        elif not isinstance(name, str):
+            raise TypeError(
+                f"golden_tensor.check: name must be a string, got {type(name).__name__} {name!r}"
+            )
+        if not name:
+            raise ValueError("golden_tensor.check: name must not be empty")
+        if name in _RESERVED_NAMES:
+            raise ValueError(f"golden_tensor.check: the name {name!r} is reserved; choose another")
+        if name in self._names:
+            raise ValueError(
+                f"golden_tensor.check: the name {name!r} is used twice in this test; "
+                "every check needs its own name"
+            )
+        return name
+
+    def _tolerance(
+        self, leaf: Leaf, rtol: float | None, atol: float | None, exact: bool
+    ) -> Tolerance:
+        return resolve_tolerance(leaf.dtype, self.tolerances, rtol=rtol, atol=atol, exact=exact)
+
+    def _golden(self) -> GoldenFile:
+        __tracebackhide__ = True
+        if self._file is not None:
+            return self._file
+        if self._file_error is not None:
+            raise self._file_error
+        command = update_command(self.test_id)
+        try:
+            self._file = read_golden(self.path)
+        except FileNotFoundError:
+            self._file_error = GoldenFileError(
+                f"no golden file for {self.test_id}: {self.path} does not exist.\n"
+                f"  Record it (nothing is written without asking): {command}"
+            )
+            raise self._file_error from None
+        except GoldenFormatError as exc:
+            self._file_error = GoldenFileError(
+                f"the golden file of {self.test_id} cannot be read: {exc.path}: {exc.problem}.\n"
+                f"  Re-record it: {command}"
+            )
+            raise self._file_error from None
+        except OSError as exc:
+            self._file_error = GoldenFileError(
+                f"the golden file {self.path} of {self.test_id} cannot be opened: {exc}"
+            )
+            raise self._file_error from None
+        return self._file
+
+    def _compare(
+        self,
+        name: str,
+        leaves: dict[str, Leaf],
+        *,
+        rtol: float | None,
+        atol: float | None,
+        exact: bool,
+        equal_nan: bool,
+    ) -> str | None:
+        __tracebackhide__ = True
+        try:
+            golden = self._golden()
+        except GoldenFileError as exc:
+            if self.defer_failures:
+                return str(exc)
+            raise
+        stored = _keys_of(golden, name)
+        if stored is None:
+            recorded = _recorded_names(golden)
+            listing = ", ".join(repr(n) for n in recorded[:20]) or "none"
+            message = (
+                f"the golden file of {self.test_id} has nothing recorded for check {name!r} "
+                f"({self.path}; recorded checks: {listing}).\n"
+                f"  Record it (nothing is written without asking): {update_command(self.test_id)}"
+            )
+            if self.defer_failures:
+                return message
+            raise GoldenFileError(message)
+        comparisons: dict[str, Comparison] = {}
+        for key, leaf in leaves.items():
+            if key not in golden.entries or key not in stored:
+                self._entries.append(_entry(key, "extra", leaf, None))
+                continue
+            tolerance = self._tolerance(leaf, rtol, atol, exact)
+            result = compare(leaf, golden.leaf(key), tolerance, equal_nan=equal_nan)
+            comparisons[key] = result
+            self._entries.append(_entry(key, "passed" if result.passed else "failed", leaf, result))
+        missing = [k for k in stored if k not in leaves]
+        extra = [k for k in leaves if k not in comparisons]
+        if not missing and not extra and all(c.passed for c in comparisons.values()):
+            return None
+        devices = sorted({leaf.device for leaf in leaves.values()})
+        current = environment_metadata(test_id=self.test_id, seed=self.seed, devices=devices)
+        return mismatch_report(
+            title=f"check {name!r} of {self.test_id}",
+            path=self.path,
+            comparisons=comparisons,
+            missing=missing,
+            extra=extra,
+            recorded=golden.metadata,
+            current=current,
+            nodeid=self.test_id,
+        )
+
+    # -- the end of the test ---------------------------------------------------------
+
+    def finish(self, test_passed: bool) -> GoldenResult:
+        """End the test: under ``--update-golden`` write the file (atomically, only when
+        the test passed and the content changed); return the tallies."""
+        self._close()
+        if not self.update:
+            return GoldenResult(
+                path=self.path,
+                passed=self._passed,
+                failed=self._failed,
+                used=bool(self._passed or self._failed),
+                entries=tuple(self._entries),
+            )
+        if not self._recorded:
+            return GoldenResult(path=self.path)
+        if not test_passed:
+            return GoldenResult(path=self.path, used=True, not_written=True)
+        return self._write()
+
+    def _close(self) -> None:
+        golden, self._file = self._file, None
+        if golden is not None:
+            golden.close()
+
+    def _write(self) -> GoldenResult:
+        old = _read_quietly(self.path)
+        try:
+            old_names = _recorded_names(old) if old is not None else []
+            written = updated = passed = 0
+            entries: list[dict[str, Any]] = []
+            leaves: dict[str, Leaf] = {}
+            for name, checked in self._recorded.items():
+                leaves.update(checked)
+                if old is None or name not in old_names:
+                    written += 1
+                    outcome = "written"
+                elif _same_content(old, name, checked):
+                    passed += 1
+                    outcome = "unchanged"
+                else:
+                    updated += 1
+                    outcome = "updated"
+                entries.extend(_entry(key, outcome, leaf, None) for key, leaf in checked.items())
+            checks = {name: list(checked) for name, checked in self._recorded.items()}
+            unchanged = (
+                old is not None
+                and written == 0
+                and updated == 0
+                and sorted(old.entries) == sorted(leaves)
+                and _recorded_checks(old) == checks
+            )
+        finally:
+            if old is not None:
+                old.close()
+        file_written = False
+        if not unchanged:
+            devices = sorted({leaf.device for leaf in leaves.values()})
+            metadata = environment_metadata(test_id=self.test_id, seed=self.seed, devices=devices)
+            metadata[CHECKS_KEY] = json.dumps(checks, sort_keys=True, separators=(",", ":"))
+            file_written = write_golden(self.path, leaves, metadata)
+        return GoldenResult(
+            path=self.path,
+            passed=passed,
+            written=written,
+            updated=updated,
+            used=True,
+            file_written=file_written,
+            entries=tuple(entries),
+        )
+
+
+def _read_quietly(path: Path) -> GoldenFile | None:
+    # Under --update-golden a missing or broken file is simply replaced.
+    try:
+        return read_golden(path)
+    except (OSError, GoldenFileError):
+        return None
+
+
+def _recorded_checks(golden: GoldenFile) -> dict[str, Any] | None:
+    text = golden.metadata.get(CHECKS_KEY)
+    if text is None:
+        return None
+    try:
+        checks = json.loads(text)
+    except ValueError:
+        return None
+    return checks if isinstance(checks, dict) else None
+
+
+def _recorded_names(golden: GoldenFile) -> list[str]:
+    checks = _recorded_checks(golden)
+    if checks is not None:
+        return sorted(checks)
+    # A file written by something else: every key is its own check.
+    return golden.sorted_keys()
+
+
+def _keys_of(golden: GoldenFile, name: str) -> list[str] | None:
+    """The stored keys of check ``name``, or ``None`` when it was never recorded."""
+    checks = _recorded_checks(golden)
+    if checks is not None:
+        keys = checks.get(name)
+        if not isinstance(keys, list):
+            return None
+        return [k for k in keys if isinstance(k, str) and k in golden.entries]
+    prefix = name + "."
+    found = [k for k in sorted(golden.entries) if k == name or k.startswith(prefix)]
+    return found or None
+
+
+def _same_content(golden: GoldenFile, name: str, leaves: Mapping[str, Leaf]) -> bool:
+    stored = _keys_of(golden, name)
+    if stored is None or sorted(stored) != sorted(leaves):
+        return False
+    return all(bits_equal(leaf, golden.leaf(key)) for key, leaf in leaves.items())

@@ -1,0 +1,387 @@
+"""Flattening nested model outputs into leaves that hold the exact bits of each tensor.
+
+A *leaf* is one tensor-like value reduced to what a golden file stores: the dtype in torch's
+spelling, the shape, and a C-contiguous CPU NumPy array with the same bits. Dtypes NumPy
+lacks are held in an unsigned integer array of the same item size (``bfloat16`` as
+``uint16``, the float8 types as ``uint8``, ``complex32`` as ``uint32``), so ``data.shape``
+always equals ``shape`` and nothing is ever rounded on the way in.
+
+torch is never imported here: a value can only be a torch tensor if the caller imported
+torch already, so ``sys.modules`` tells whether to look for one.
+"""
+
+from __future__ import annotations
+
+import numbers
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "DTYPES",
+    "EXACT_KINDS",
+    "DtypeInfo",
+    "Leaf",
+    "bits_equal",
+    "bytes_equal",
+    "flatten",
+    "join_key",
+    "raw_view",
+]
+
+
+@dataclass(frozen=True)
+class DtypeInfo:
+    """What the plugin knows about one dtype, by its torch name.
+
+    ``kind`` is ``"bool"``, ``"int"``, ``"uint"``, ``"float"``, ``"complex"`` or
+    ``"packed"`` (sub-byte floats, two to a byte, compared bit for bit); ``storage``
+    is the NumPy dtype that holds the bits (the dtype itself where NumPy has it).
+    """
+
+    name: str
+    kind: str
+    storage: np.dtype[Any]
+
+    @property
+    def itemsize(self) -> int:
+        """Bytes per element."""
+        return int(self.storage.itemsize)
+
+    @property
+    def native(self) -> bool:
+        """Whether ``storage`` is the dtype itself rather than a same-size bit container."""
+        return self.storage.name == self.name
+
+
+def _info(name: str, kind: str, storage: str) -> DtypeInfo:
+    return DtypeInfo(name=name, kind=kind, storage=np.dtype(storage))
+
+
+#: Every dtype a leaf may have, keyed by torch's spelling.
+DTYPES: dict[str, DtypeInfo] = {
+    info.name: info
+    for info in (
+        _info("bool", "bool", "bool"),
+        _info("uint8", "uint", "uint8"),
+        _info("uint16", "uint", "uint16"),
+        _info("uint32", "uint", "uint32"),
+        _info("uint64", "uint", "uint64"),
+        _info("int8", "int", "int8"),
+        _info("int16", "int", "int16"),
+        _info("int32", "int", "int32"),
+        _info("int64", "int", "int64"),
+        _info("float16", "float", "float16"),
+        _info("bfloat16", "float", "uint16"),
+        _info("float32", "float", "float32"),
+        _info("float64", "float", "float64"),
+        _info("float8_e4m3fn", "float", "uint8"),
+        _info("float8_e4m3fnuz", "float", "uint8"),
+        _info("float8_e5m2", "float", "uint8"),
+        _info("float8_e5m2fnuz", "float", "uint8"),
+        _info("float8_e8m0fnu", "float", "uint8"),
+        # Two 4-bit floats packed in a byte: compared bit for bit, never decoded.
+        _info("float4_e2m1fn_x2", "packed", "uint8"),
+        _info("complex32", "complex", "uint32"),
+        _info("complex64", "complex", "complex64"),
+        _info("complex128", "complex", "complex128"),
+    )
+}
+
+#: Kinds compared for equality only, whatever tolerance is asked for.
+EXACT_KINDS = frozenset({"bool", "int", "uint", "packed"})
+
+# NumPy dtypes from the ml_dtypes package carry the same names as torch's.
+_NUMPY_EXTENSION_NAMES = frozenset(
+    {
+        "bfloat16",
+        "float8_e4m3fn",
+        "float8_e4m3fnuz",
+        "float8_e5m2",
+        "float8_e5m2fnuz",
+        "float8_e8m0fnu",
+    }
+)
+
+_WHAT_IS_ACCEPTED = (
+    "expected a torch tensor, a NumPy array, a Python number, or a dict / list / tuple of these"
+)
+
+
+@dataclass(frozen=True, eq=False)
+class Leaf:
+    """One tensor-like value, reduced to its exact bits.
+
+    ``data`` is a C-contiguous CPU array whose shape equals ``shape`` and whose dtype is
+    ``DTYPES[dtype].storage``; ``device`` is where the value lived (``"cpu"``,
+    ``"cuda:0"``, ...). Leaves compare by identity: use :func:`bits_equal` for content.
+    """
+
+    dtype: str
+    shape: tuple[int, ...]
+    data: np.ndarray[Any, Any]
+    device: str = "cpu"
+
+    @property
+    def nbytes(self) -> int:
+        """Size of the data in bytes."""
+        return int(self.data.nbytes)
+
+    @property
+    def size(self) -> int:
+        """Number of elements."""
+        return int(self.data.size)
+
+
+def bits_equal(a: Leaf, b: Leaf) -> bool:
+    """Whether two leaves have the same dtype, the same shape and identical bytes.
+
+    NaNs with identical bits are equal; ``0.0`` and ``-0.0`` are not. The device does not
+    count: a value moved between devices unchanged is the same value.
+    """
+    if a.dtype != b.dtype or a.shape != b.shape:
+        return False
+    return bytes_equal(a.data, b.data)
+
+
+# Comparing a large array in one go would allocate a full-size boolean temporary.
+_EQUAL_CHUNK_BYTES = 1 << 22
+
+
+def raw_view(array: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+    """A 1-d unsigned-integer view of a C-contiguous array's bytes, with the widest item
+    size that divides its length (equality of such views is equality of the bytes)."""
+    flat = array.reshape(-1).view(np.uint8)
+    for width, kind in ((8, np.uint64), (4, np.uint32), (2, np.uint16)):
+        if flat.size % width == 0:
+            return flat.view(kind)
+    return flat
+
+
+def bytes_equal(a: np.ndarray[Any, Any], b: np.ndarray[Any, Any]) -> bool:
+    """Whether two C-contiguous arrays hold identical bytes, in bounded extra memory."""
+    ra = a.reshape(-1).view(np.uint8)
+    rb = b.reshape(-1).view(np.uint8)
+    if ra.size != rb.size:
+        return False
+    for start in range(0, ra.size, _EQUAL_CHUNK_BYTES):
+        stop = start + _EQUAL_CHUNK_BYTES
+        if not np.array_equal(raw_view(ra[start:stop]), raw_view(rb[start:stop])):
+            return False
+    return True
+
+
+def join_key(prefix: str, key: str) -> str:
+    """Join a path and a key with ``.``; an empty side leaves the other alone."""
+    if not prefix:
+        return key
+    if not key:
+        return prefix
+    return f"{prefix}.{key}"
+
+
+def flatten(value: object, *, copy: bool = True, prefix: str = "") -> dict[str, Leaf]:
+    """Flatten a value into ``{key: Leaf}``.
+
+    A bare tensor, array or number gives the key ``prefix`` (``""`` by default); a nested
+    dict (Hugging Face ``ModelOutput`` included), list or tuple gives keys joined with ``.``
+    (``"hidden_states.3"``); a named tuple uses its field names.
+
+    With ``copy`` (the default) every leaf owns its data, so later in-place changes to the
+    value do not reach it; ``copy=False`` lets a leaf share memory with a C-contiguous CPU
+    input, for callers that finish with the leaf before the value can change.
+
+    Raises ``TypeError`` naming the key path and the type for anything that is not a
+    strided tensor, an array or a number, and ``ValueError`` for keys that cannot be told
+    apart once joined.
+    """
+    out: dict[str, Leaf] = {}
+    _walk(value, prefix, out, copy, set())
+    return out
+
+
+def _describe(path: str) -> str:
+    return f"the value at {path!r}" if path else "the value"
+
+
+def _bad_type(path: str, value: object, advice: str) -> TypeError:
+    kind = type(value)
+    name = (
+        kind.__qualname__
+        if kind.__module__ == "builtins"
+        else f"{kind.__module__}.{kind.__qualname__}"
+    )
+    return TypeError(f"golden_tensor: {_describe(path)} has type {name}: {advice}")
+
+
+def _add(out: dict[str, Leaf], path: str, leaf: Leaf) -> None:
+    if path in out:
+        raise ValueError(
+            f"golden_tensor: two values flatten to the same key {path!r} "
+            "(a key containing '.' clashes with a nested key); rename one of them"
+        )
+    out[path] = leaf
+
+
+def _walk(value: object, path: str, out: dict[str, Leaf], copy: bool, active: set[int]) -> None:
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(value, torch.Tensor):
+        _add(out, path, _torch_leaf(torch, value, path, copy))
+        return
+    if isinstance(value, np.ndarray | np.generic):
+        _add(out, path, _numpy_leaf(value, path, copy))
+        return
+    if isinstance(value, bool | int | float | complex):
+        _add(out, path, _number_leaf(value, path))
+        return
+    if isinstance(value, numbers.Number):
+        raise _bad_type(path, value, f"{_WHAT_IS_ACCEPTED}; convert it with float() or int()")
+    container = _children(value, path)
+    if container is None:
+        raise _bad_type(path, value, f"{_WHAT_IS_ACCEPTED}; convert it or leave it out")
+    if id(value) in active:
+        raise ValueError(f"golden_tensor: {_describe(path)} contains itself")
+    active.add(id(value))
+    try:
+        for key, child in container:
+            _walk(child, join_key(path, key), out, copy, active)
+    finally:
+        active.discard(id(value))
+
+
+def _children(value: object, path: str) -> list[tuple[str, object]] | None:
+    if isinstance(value, Mapping) or (
+        callable(getattr(value, "keys", None))
+        and hasattr(value, "__getitem__")
+        and not isinstance(value, str)
+    ):
+        items: list[tuple[str, object]] = []
+        # Objects that only look like mappings iterate over something else than keys.
+        keys = list(value.keys())  # type: ignore[attr-defined]
+        for key in keys:
+            if isinstance(key, bool) or not isinstance(key, str | int):
+                raise TypeError(
+                    f"golden_tensor: {_describe(path)} has a key of type "
+                    f"{type(key).__name__} ({key!r}); keys must be strings or ints"
+                )
+            text = str(key)
+            if not text:
+                raise ValueError(
+                    f"golden_tensor: {_describe(path)} has an empty key; give it a name"
+                )
+            items.append((text, value[key]))  # type: ignore[index]
+        return items
+    if isinstance(value, tuple):
+        # Named tuples and torch's return types (``torch.max(x, 0)``) have field names.
+        fields = getattr(value, "_fields", None) or getattr(type(value), "__match_args__", None)
+        if fields and len(fields) == len(value):
+            return [(str(field), getattr(value, field)) for field in fields]
+    if isinstance(value, list | tuple):
+        return [(str(i), child) for i, child in enumerate(value)]
+    return None
+
+
+def _number_leaf(value: bool | int | float | complex, path: str) -> Leaf:
+    array: np.ndarray[Any, Any]
+    if isinstance(value, bool):
+        array = np.array(value, dtype=np.bool_)
+    elif isinstance(value, int):
+        if -(2**63) <= value < 2**63:
+            array = np.array(value, dtype=np.int64)
+        elif 0 <= value < 2**64:
+            array = np.array(value, dtype=np.uint64)
+        else:
+            raise _bad_type(
+                path, value, f"{value} does not fit in 64 bits; store it as a float or a string"
+            )
+    elif isinstance(value, float):
+        array = np.array(value, dtype=np.float64)
+    else:
+        array = np.array(value, dtype=np.complex128)
+    return Leaf(dtype=array.dtype.name, shape=(), data=array)
+
+
+def _numpy_dtype_name(dtype: np.dtype[Any]) -> str | None:
+    name = dtype.name
+    if name in _NUMPY_EXTENSION_NAMES and dtype.itemsize == DTYPES[name].itemsize:
+        return name
+    if dtype.kind in "biufc" and name in DTYPES and DTYPES[name].native:
+        return name
+    return None
+
+
+def _numpy_leaf(value: np.ndarray[Any, Any] | np.generic, path: str, copy: bool) -> Leaf:
+    if isinstance(value, np.ma.MaskedArray):
+        raise _bad_type(
+            path, value, "masked arrays lose their mask here; check .filled() and .mask"
+        )
+    array = np.asarray(value)
+    name = _numpy_dtype_name(array.dtype)
+    if name is None:
+        raise _bad_type(
+            path,
+            value,
+            f"NumPy dtype {array.dtype} cannot be stored in a golden file; "
+            "convert it to a supported dtype (bool, (u)int8-64, float16/32/64, complex64/128)",
+        )
+    info = DTYPES[name]
+    if not array.dtype.isnative:
+        array = array.astype(array.dtype.newbyteorder("="))
+    bits = array.view(info.storage) if not info.native else array
+    data = np.array(bits, order="C", copy=True) if copy else np.ascontiguousarray(bits)
+    return Leaf(dtype=name, shape=tuple(int(n) for n in array.shape), data=data)
+
+
+_SAME_SIZE_INT = {1: "uint8", 2: "int16", 4: "int32", 8: "int64"}
+
+
+def _torch_leaf(torch: Any, tensor: Any, path: str, copy: bool) -> Leaf:
+    layout = str(tensor.layout).removeprefix("torch.")
+    if tensor.layout != torch.strided:
+        raise _bad_type(
+            path, tensor, f"a {layout} tensor cannot be stored; check tensor.to_dense() instead"
+        )
+    if tensor.is_nested:
+        raise _bad_type(
+            path, tensor, "a nested tensor cannot be stored; check tensor.unbind() (a list)"
+        )
+    if tensor.is_quantized:
+        raise _bad_type(
+            path, tensor, "a quantized tensor cannot be stored; check tensor.dequantize()"
+        )
+    if tensor.is_meta or tensor.device.type == "meta":
+        raise _bad_type(path, tensor, "a meta tensor has no data; check a tensor on a real device")
+    name = str(tensor.dtype).removeprefix("torch.")
+    info = DTYPES.get(name)
+    if info is None:
+        raise _bad_type(
+            path,
+            tensor,
+            f"dtype {name} cannot be stored in a golden file; convert it to a supported dtype "
+            f"(supported: {', '.join(sorted(DTYPES))})",
+        )
+    device = str(tensor.device)
+    try:
+        flat = tensor.detach()
+        if flat.is_conj():
+            flat = flat.resolve_conj()
+        if flat.is_neg():
+            flat = flat.resolve_neg()
+        flat = flat.cpu().contiguous()
+        if not info.native:
+            flat = flat.view(getattr(torch, _SAME_SIZE_INT[info.itemsize]))
+        # A CPU tensor that needed no conversion still shares the caller's memory.
+        shares = flat.data_ptr() == tensor.data_ptr() and tensor.device.type == "cpu"
+        array = flat.numpy()
+    except (RuntimeError, TypeError, NotImplementedError) as exc:
+        raise TypeError(
+            f"golden_tensor: {_describe(path)} (a {type(tensor).__name__} of dtype {name} on "
+            f"{device}) could not be copied to the CPU: {exc}"
+        ) from exc
+    data = array.view(info.storage)
+    if copy and shares:
+        data = data.copy()
+    return Leaf(dtype=name, shape=tuple(int(n) for n in tensor.shape), data=data, device=device)
