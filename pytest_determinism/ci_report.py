@@ -10,7 +10,6 @@ import json
 import math
 import os
 import platform
-
 import tempfile
 from importlib import metadata
 from pathlib import Path

@@ -47,11 +47,11 @@ def parse_seed(value: object, what: str, *, text: bool = False) -> int:
     ``text``: the value comes from the command line or an ini file and may be a string.
     """
     if text and isinstance(value, str):
-        text = value.strip()
+        stripped = value.strip()
         try:
-            value = int(text, 0)
+            value = int(stripped, 0)
         except ValueError:
-            raise OptionError(f"{what} must be an integer seed, got {text!r}") from None
+            raise OptionError(f"{what} must be an integer seed, got {stripped!r}") from None
     if isinstance(value, bool) or not isinstance(value, int):
         raise OptionError(f"{what} must be an int, got {type(value).__name__} {value!r}")
     if not 0 <= value < SEED_LIMIT:

@@ -61,8 +61,8 @@ class PluginSession:
 
 SESSION = pytest.StashKey[PluginSession]()
 SETTINGS = pytest.StashKey[TestSettings]()
-ACTIVE = pytest.StashKey["ActiveTest"]()
-GOLDEN = pytest.StashKey["GoldenTensor"]()
+ACTIVE: pytest.StashKey[ActiveTest] = pytest.StashKey()
+GOLDEN: pytest.StashKey[GoldenTensor] = pytest.StashKey()
 CALL_PASSED = pytest.StashKey[bool]()
 RUNNING_BODY = pytest.StashKey[bool]()
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import random
 import sys
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -60,7 +60,9 @@ def _bytes_tensor(torch: Any, data: bytes) -> Any:
 
 def capture_rng() -> RngState:
     """Snapshot every controlled RNG without initialising anything new."""
-    kind, key, pos, has_gauss, cached = np.random.get_state(legacy=True)
+    kind, key, pos, has_gauss, cached = cast(
+        "tuple[str, np.ndarray[Any, Any], int, int, float]", np.random.get_state(legacy=True)
+    )
     numpy_state = (str(kind), key.tobytes(), int(pos), int(has_gauss), float(cached))
     torch = torch_if_imported()
     if torch is None:

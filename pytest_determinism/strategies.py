@@ -129,8 +129,10 @@ def tensors(
     included. ``device``: where the tensors are put.
     """
     dtype_strategy = dtype if isinstance(dtype, st.SearchStrategy) else st.just(_as_dtype(dtype))
-    shape_strategy = shape if isinstance(shape, st.SearchStrategy) else (
-        st.just(tuple(shape)) if shape is not None else shapes()
+    shape_strategy = (
+        shape
+        if isinstance(shape, st.SearchStrategy)
+        else (st.just(tuple(shape)) if shape is not None else shapes())
     )
 
     @st.composite

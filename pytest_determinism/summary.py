@@ -32,7 +32,8 @@ def summary_lines(plugin_session: PluginSession, *, verbose: bool) -> Iterator[s
         parts.append(f"{len(unused)} unused")
     if parts:
         incomplete = (
-            "" if plugin_session.worker_reports_complete
+            ""
+            if plugin_session.worker_reports_complete
             else " (incomplete: a pytest-xdist worker went down without its report)"
         )
         yield "golden: " + ", ".join(parts) + incomplete

@@ -76,7 +76,9 @@ def test_dropout(golden_tensor):
             "*fix: call model.eval()*",
         ]
     )
-    result.stdout.fnmatch_lines(["determinism: 1 tests x 2 runs (+1 other-seed run), 1 nondeterministic"])
+    result.stdout.fnmatch_lines(
+        ["determinism: 1 tests x 2 runs (+1 other-seed run), 1 nondeterministic"]
+    )
 
 
 def test_dropout_is_repeatable_once_reseeded(pytester: pytest.Pytester) -> None:
@@ -113,7 +115,13 @@ def test_masking(golden_tensor):
     )
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(
-        ["Seed-dependent*", "*module: mask", "*class: RandomMask*", "*mode: eval", "*inputs: identical"]
+        [
+            "Seed-dependent*",
+            "*module: mask",
+            "*class: RandomMask*",
+            "*mode: eval",
+            "*inputs: identical",
+        ]
     )
 
 
@@ -169,7 +177,12 @@ def test_model(golden_tensor):
 """,
     )
     result.assert_outcomes(passed=1)
-    result.stdout.fnmatch_lines(["golden: 2 passed", "determinism: 1 tests x 2 runs (+1 other-seed run), 0 nondeterministic"])
+    result.stdout.fnmatch_lines(
+        [
+            "golden: 2 passed",
+            "determinism: 1 tests x 2 runs (+1 other-seed run), 0 nondeterministic",
+        ]
+    )
 
 
 def test_nondeterminism_is_reported_before_a_golden_mismatch(pytester: pytest.Pytester) -> None:
@@ -244,7 +257,9 @@ def test_count():
     )
     result = pytester.runpytest("-p", "no:randomly", "--determinism", "--determinism-runs", "3")
     result.assert_outcomes(passed=2)
-    result.stdout.fnmatch_lines(["determinism: 1 tests x 3 runs (+1 other-seed run), 0 nondeterministic"])
+    result.stdout.fnmatch_lines(
+        ["determinism: 1 tests x 3 runs (+1 other-seed run), 0 nondeterministic"]
+    )
 
 
 def test_without_determinism_nothing_repeats(pytester: pytest.Pytester) -> None:

@@ -99,8 +99,7 @@ def test_last_failed_never_deletes(recorded, run) -> None:
 
 def test_stop_on_failure_never_deletes(recorded, run) -> None:
     recorded.makepyfile(
-        test_suite=SUITE.replace("[1, 2, 3]", "[1, 2]")
-        + "\ndef test_zfail():\n    assert False\n"
+        test_suite=SUITE.replace("[1, 2, 3]", "[1, 2]") + "\ndef test_zfail():\n    assert False\n"
     )
     result = run("--update-golden", "-x")
     result.stdout.no_fnmatch_line("*deleted*.safetensors")
