@@ -10,7 +10,12 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from pytest_determinism.errors import DeterminismWarning, GoldenFileError, NondeterminismError
+from pytest_determinism.errors import (
+    DeterminismWarning,
+    GoldenFileError,
+    NondeterminismError,
+    StochasticModuleError,
+)
 
 __version__ = "0.1.0"
 
@@ -21,6 +26,7 @@ __all__ = [
     "DeterminismWarning",
     "GoldenFileError",
     "NondeterminismError",
+    "StochasticModuleError",
     "__version__",
     "assert_batch_invariant",
     "assert_deterministic",

@@ -10,6 +10,7 @@ as safetensors only, never unpickled, and no traceback is ever printed.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -166,6 +167,12 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
     except _BadInput as exc:
         sys.stderr.write(f"pytest_determinism: error: {exc}\n")
         return EXIT_BAD_INPUT
+    except BrokenPipeError:
+        # The reader went away (``show ... | head``): what it wanted was written. Point
+        # stdout at devnull so the interpreter's final flush does not complain either.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
     except SystemExit as exc:
         # argparse exits for --help (0).
         return int(exc.code) if isinstance(exc.code, int) else EXIT_BAD_INPUT

@@ -66,12 +66,13 @@ def train_mode_message(module: Any, name: str, layers: list[tuple[str, str]]) ->
     """The text naming a module called in training mode and its stochastic layers."""
     shown = ", ".join(f"{qual} ({cls})" for qual, cls in layers[:8])
     more = f" and {len(layers) - 8} more" if len(layers) > 8 else ""
+    cls = type(module).__name__
+    who = name if name == cls else f"{name} ({cls})"
     return (
-        f"{name} ({type(module).__name__}) was called in training mode with stochastic "
-        f"layers active: {shown}{more}. In training mode these layers draw random numbers, "
-        "so two calls on the same input give different outputs. Call model.eval() in your "
-        "own inference code before calling the model (and use torch.no_grad() or "
-        "torch.inference_mode()); pytest-determinism switched it to eval mode for this test."
+        f"{who} was called in training mode with stochastic layers active: {shown}{more}. "
+        "In training mode these layers draw random numbers, so two calls on the same input "
+        "give different outputs. Call model.eval() in your own inference code before "
+        "calling the model (and use torch.no_grad() or torch.inference_mode())"
     )
 
 
@@ -109,7 +110,10 @@ class EvalModeGuard:
             return
         message = train_mode_message(module, name, layers)
         if self._strict:
-            raise StochasticModuleError(message + ' (eval_mode="strict")')
+            raise StochasticModuleError(
+                f'{message}. The test is marked eval_mode="strict", so this fails it.'
+            )
+        message += "; pytest-determinism switched it to eval mode for this test."
         if self._warn:
             filename, lineno = _outside_frame()
             warnings.warn_explicit(

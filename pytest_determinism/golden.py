@@ -105,6 +105,7 @@ class GoldenTensor:
         tolerances: Mapping[str, Tolerance],
         seed: int | None,
         defer_failures: bool,
+        command_id: str | None = None,
     ) -> None:
         path, root = Path(path), Path(root)
         if not path.resolve().is_relative_to(root.resolve()):
@@ -112,6 +113,8 @@ class GoldenTensor:
         self.path = path
         self.root = root
         self.test_id = test_id
+        #: The test as the user's shell names it, for the command that re-records it.
+        self.command_id = command_id or test_id
         self.update = update
         self.tolerances = dict(tolerances)
         self.seed = seed
@@ -249,7 +252,7 @@ class GoldenTensor:
             return self._file
         if self._file_error is not None:
             raise self._file_error
-        command = update_command(self.test_id)
+        command = update_command(self.command_id)
         try:
             self._file = read_golden(self.path)
         except FileNotFoundError:
@@ -295,7 +298,7 @@ class GoldenTensor:
             message = (
                 f"the golden file of {self.test_id} has nothing recorded for check {name!r} "
                 f"({self.path}; recorded checks: {listing}).\n"
-                f"  Record it (nothing is written without asking): {update_command(self.test_id)}"
+                f"  Record it (nothing is written without asking): {update_command(self.command_id)}"
             )
             if self.defer_failures:
                 return message

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from pytest_determinism import context
-from pytest_determinism.errors import DeterminismWarning
+from pytest_determinism.errors import DeterminismWarning, StochasticModuleError
 from pytest_determinism.options import (
     OptionError,
     SessionOptions,
@@ -282,6 +282,13 @@ def pytest_collection_finish(session: pytest.Session) -> None:
         )
 
 
+def _invocation_id(item: pytest.Item) -> str:
+    """The node id relative to where pytest was started, so a printed command runs as is."""
+    file_part, _, rest = item.nodeid.partition("::")
+    relative = os.path.relpath(item.config.rootpath / file_part, item.config.invocation_params.dir)
+    return f"{Path(relative).as_posix()}::{rest}" if rest else Path(relative).as_posix()
+
+
 def _test_name(item: pytest.Item) -> str:
     # ``Class.test[param]``: the node id after the file, classes included.
     return ".".join(item.nodeid.split("::")[1:])
@@ -345,6 +352,9 @@ def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
         else:
             active.before_body()
             pyfuncitem.ihook.pytest_pyfunc_call(pyfuncitem=pyfuncitem)
+    except StochasticModuleError as exc:
+        # Raised from the forward pre-hook; torch's and the hook's frames say nothing.
+        explained = str(exc) + _location_in(exc, pyfuncitem)
     except RuntimeError as exc:
         from pytest_determinism.diagnose import explain_torch_error
 
@@ -455,6 +465,7 @@ def golden_tensor(request: pytest.FixtureRequest) -> Iterator[GoldenTensor]:
         tolerances=plugin_session.tolerances,
         seed=context.current_seed(),
         defer_failures=options.ci_mode and SETTINGS in item.stash,
+        command_id=_invocation_id(item),
     )
     item.stash[GOLDEN] = golden
     yield golden
@@ -523,7 +534,8 @@ def _device_description(torch: Any) -> str:
     if torch.cuda.is_initialized():
         index = torch.cuda.current_device()
         return f"cuda:{index} ({torch.cuda.get_device_name(index)})"
-    return f"cpu ({torch.get_num_threads()} threads)"
+    threads = torch.get_num_threads()
+    return f"cpu ({threads} thread{'s' if threads != 1 else ''})"
 
 
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:

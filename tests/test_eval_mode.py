@@ -41,7 +41,7 @@ def test_flags_restored_after(net):
     result.assert_outcomes(passed=2)
     result.stdout.fnmatch_lines(
         [
-            "*DeterminismWarning: Net (Net) was called in training mode with stochastic layers "
+            "*DeterminismWarning: Net was called in training mode with stochastic layers "
             "active: body.1 (Dropout)*Call model.eval() in your own inference code*",
         ]
     )
@@ -61,7 +61,10 @@ def test_inference(net):
     result = run()
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(
-        ["*StochasticModuleError: Net (Net) was called in training mode*body.1 (Dropout)*strict*"]
+        [
+            "Net was called in training mode*body.1 (Dropout)*strict*",
+            "*(raised at test_strict_mode_fails_with_the_same_text.py:*)",
+        ]
     )
 
 
@@ -134,7 +137,7 @@ def test_convnext():
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines(
         [
-            "*ConvNextModel (ConvNextModel) was called in training mode with stochastic layers "
+            "*ConvNextModel was called in training mode with stochastic layers "
             "active: encoder.stages.1.layers.0.drop_path (ConvNextDropPath)*"
         ]
     )

@@ -134,3 +134,40 @@ def test_golden_numpy(golden_tensor):
     result = pytester.runpytest_subprocess("-p", "no:randomly", "--determinism")
     result.assert_outcomes(passed=3)
     result.stdout.fnmatch_lines(["determinism: 1 tests x 2 runs*0 nondeterministic"])
+
+
+def test_record_command_runs_from_where_pytest_was_started(
+    pytester: pytest.Pytester, run, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytester.makeini("[pytest]\n")
+    sub = pytester.mkdir("models")
+    (sub / "test_logits.py").write_text(
+        "import numpy as np\n\ndef test_y(golden_tensor):\n    golden_tensor.check(np.ones(2))\n"
+    )
+    monkeypatch.chdir(sub)
+    result = run()
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*pytest --update-golden 'test_logits.py::test_y'*"])
+    run("--update-golden", "test_logits.py::test_y").assert_outcomes(passed=1)
+    golden = next(sub.rglob("*.safetensors"))
+    assert golden.stat().st_mode & 0o111 == 0, "goldens are data, not executables"
+
+
+def test_strict_mode_failure_has_no_traceback_from_torch_or_the_plugin(
+    pytester: pytest.Pytester, run
+) -> None:
+    pytester.makepyfile(
+        """
+import pytest
+import torch
+
+@pytest.mark.deterministic(eval_mode="strict")
+def test_strict():
+    torch.nn.Sequential(torch.nn.Dropout(0.5))(torch.ones(2))
+"""
+    )
+    result = run()
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["Sequential was called in training mode*", "*(raised at *:6)"])
+    result.stdout.no_fnmatch_line("*torch/nn/modules/module.py*")
+    result.stdout.no_fnmatch_line("*pytest_determinism/*.py*")
