@@ -298,7 +298,8 @@ class GoldenTensor:
             message = (
                 f"the golden file of {self.test_id} has nothing recorded for check {name!r} "
                 f"({self.path}; recorded checks: {listing}).\n"
-                f"  Record it (nothing is written without asking): {update_command(self.command_id)}"
+                "  Record it (nothing is written without asking): "
+                f"{update_command(self.command_id)}"
             )
             if self.defer_failures:
                 return message
