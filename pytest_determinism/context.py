@@ -1,14 +1,23 @@
-"""What the test now running asked for, readable by code that pytest does not call.
+"""What the session and the test now running asked for, readable by code that pytest does
+not call.
 
-The plugin sets it for the life of a marked test; helpers such as ``assert_deterministic``
-read the seed from here when they are not given one.
+The plugin sets the seed for the life of a marked test, and the project's tolerance table
+(ini ``golden_tolerances``) for the life of a session; helpers such as
+``assert_deterministic`` and ``assert_batch_invariant`` read them from here.
 """
 
 from __future__ import annotations
 
-__all__ = ["current_seed", "set_current_seed"]
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pytest_determinism.tolerances import Tolerance
+
+__all__ = ["current_seed", "set_current_seed", "set_tolerance_overrides", "tolerance_overrides"]
 
 _current_seed: int | None = None
+_tolerance_overrides: Mapping[str, Tolerance] = {}
 
 
 def current_seed() -> int | None:
@@ -20,3 +29,15 @@ def set_current_seed(seed: int | None) -> None:
     """Record the seed in force (``None`` outside a marked test)."""
     global _current_seed
     _current_seed = seed
+
+
+def tolerance_overrides() -> Mapping[str, Tolerance]:
+    """The project's per-dtype tolerance overrides (empty outside a pytest session)."""
+    return _tolerance_overrides
+
+
+def set_tolerance_overrides(overrides: Mapping[str, Tolerance]) -> Mapping[str, Tolerance]:
+    """Put ``overrides`` in force and return the ones they replace (to put back later)."""
+    global _tolerance_overrides
+    previous, _tolerance_overrides = _tolerance_overrides, overrides
+    return previous

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Generator, Iterator
+from collections.abc import Generator, Iterator, Mapping
 from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -57,6 +57,7 @@ class PluginSession:
         self.worker_reports_complete = True
         self.filtered = False
         self.partial_modules: set[Path] = set()
+        self.outer_tolerances: Mapping[str, Tolerance] = {}
 
 
 SESSION = pytest.StashKey[PluginSession]()
@@ -165,6 +166,7 @@ def pytest_configure(config: pytest.Config) -> None:
     except OptionError as exc:
         raise pytest.UsageError(f"pytest-determinism: {exc}") from None
     plugin_session = PluginSession(options, tolerances)
+    plugin_session.outer_tolerances = context.set_tolerance_overrides(tolerances)
     config.stash[SESSION] = plugin_session
     if _CUBLAS_VAR not in os.environ:
         # Only effective before CUDA starts, so it is set once, at configure time.
@@ -210,6 +212,7 @@ def pytest_unconfigure(config: pytest.Config) -> None:
         return
     if plugin_session.cublas_was_unset:
         os.environ.pop(_CUBLAS_VAR, None)
+    context.set_tolerance_overrides(plugin_session.outer_tolerances)
     from pytest_determinism import hypothesis_hook
 
     hypothesis_hook.set_active(False)
