@@ -1,0 +1,333 @@
+"""Run a callable several times reseeded, plus once under the seed probe, and compare.
+
+:func:`check_runs` is the engine behind ``--determinism`` and ``assert_deterministic``. It
+knows nothing of pytest: it calls ``run_once(i)``, which returns the evidence of run ``i``
+(``{key: Leaf}``), and compares the evidence of every run with run 0's, bit for bit. Each
+run is traced (:mod:`pytest_determinism.trace`), so a difference comes with a report naming
+the first torch module whose output diverged (:mod:`pytest_determinism.diagnose`).
+
+torch modules are traced and probed only when torch was imported before the check began,
+as it is when the test module imports it; otherwise only the evidence is compared.
+
+Checks nest: when ``run_once`` itself calls ``check_runs`` (a helper inside a test that the
+CI mode is checking), the inner check's runs are traced and probed by the inner check alone,
+and every random number generator is put back as the inner check found it.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from pytest_determinism.compare import Spot, compare
+from pytest_determinism.report import format_index, format_value
+from pytest_determinism.rng import capture_rng, restore_rng, seed_everything, torch_if_imported
+from pytest_determinism.tolerances import EXACT
+from pytest_determinism.trace import Trace, tracing
+from pytest_determinism.values import Leaf, bits_equal
+
+if TYPE_CHECKING:
+    from pytest_determinism.diagnose import Diagnosis
+    from pytest_determinism.probe import SeedProbe
+
+__all__ = ["KeyDifference", "Verdict", "check_runs"]
+
+REPEAT = "repeat"
+SEED = "seed"
+
+
+@dataclass(frozen=True)
+class KeyDifference:
+    """How one checked value differs between run 0 and the diverging run.
+
+    ``reason`` is ``"values"``, ``"missing"`` (absent from the diverging run), ``"extra"``
+    (absent from run 0), ``"dtype"`` or ``"shape"``. For ``"values"``, ``count`` elements
+    differ, ``max_abs_diff`` is the largest absolute difference where both are finite
+    (``None`` for packed dtypes), and ``nan_mismatches`` counts positions where exactly one
+    run has a NaN or where infinities differ.
+    """
+
+    key: str
+    reason: str
+    detail: str
+    count: int = 0
+    size: int = 0
+    max_abs_diff: float | None = None
+    nan_mismatches: int = 0
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The outcome of :func:`check_runs`.
+
+    ``ok`` is true when every run agreed. ``kind`` says which question failed: ``"repeat"``
+    (a run reseeded alike gave other evidence) or ``"seed"`` (the probe run, where draws
+    inside forward calls come from another seed, gave other evidence or other forward
+    calls); ``None`` when ok. ``report`` is the full text (empty when ok).
+    ``module`` / ``module_class`` name the first module call whose output differed (its
+    qualified name, ``<root Class>`` for an outermost module, and its class), when one did.
+    ``differences`` lists the checked values that differed; ``errors`` holds, per run made
+    (probe run last), the exception it raised or ``None``; ``evidence`` is run 0's
+    evidence; ``diverging_run`` the index of the run that differed (``runs`` for the probe
+    run); ``runs_made`` counts the runs actually made (the checks stop at the first
+    divergence); ``probe_run`` says whether the probe run was part of the check;
+    ``diagnosis`` is the full analysis, when one was made.
+    """
+
+    ok: bool
+    kind: str | None
+    report: str
+    module: str | None
+    module_class: str | None
+    differences: tuple[KeyDifference, ...]
+    errors: tuple[BaseException | None, ...]
+    evidence: Mapping[str, Leaf]
+    diverging_run: int | None = None
+    runs_made: int = 0
+    probe_run: bool = False
+    diagnosis: Diagnosis | None = field(default=None, repr=False)
+
+
+@dataclass
+class _Run:
+    evidence: Mapping[str, Leaf]
+    error: BaseException | None
+    trace: Trace | None
+
+
+def _run(
+    run_once: Callable[[int], Mapping[str, Leaf]],
+    index: int,
+    seed: int,
+    catch: tuple[type[BaseException], ...],
+    traced: bool,
+    probe: SeedProbe | None,
+) -> _Run:
+    seed_everything(seed)
+    context: AbstractContextManager[Trace | None] = tracing(probe) if traced else nullcontext()
+    with context as trace:
+        try:
+            evidence = run_once(index)
+        except catch as exc:
+            return _Run({}, exc, trace)
+    return _Run(evidence, None, trace)
+
+
+def _error_text(error: BaseException | None) -> str | None:
+    return None if error is None else f"{type(error).__name__}: {error}"
+
+
+# Object addresses in messages ("<Foo object at 0x7f...>") change from run to run.
+_ADDRESS = re.compile(r"0x[0-9a-fA-F]{6,}")
+
+
+def _same_error(a: BaseException | None, b: BaseException | None) -> bool:
+    if a is None or b is None:
+        return a is b
+    return type(a) is type(b) and _ADDRESS.sub("0x", str(a)) == _ADDRESS.sub("0x", str(b))
+
+
+def _spot_text(spot: Spot, dtype: str, first: str, other: str) -> str:
+    return (
+        f"at {format_index(spot.index)}: {first} {format_value(spot.golden, dtype)}, "
+        f"{other} {format_value(spot.actual, dtype)}"
+    )
+
+
+def _value_difference(key: str, first: Leaf, other: Leaf, other_name: str) -> KeyDifference:
+    comparison = compare(other, first, EXACT)
+    largest = comparison.max_abs
+    detail = (
+        f"{first.dtype}{list(first.shape)}: {comparison.mismatched} of {comparison.total} "
+        "elements differ"
+    )
+    if largest is not None and comparison.mismatched:
+        detail += f", max abs diff {largest.diff:.3g} " + _spot_text(
+            largest, first.dtype, "run 0", other_name
+        )
+    elif comparison.first_mismatch is not None:
+        detail += ", first " + _spot_text(
+            comparison.first_mismatch, first.dtype, "run 0", other_name
+        )
+    mismatches = comparison.nan_mismatches + comparison.inf_mismatches
+    if mismatches:
+        detail += f", {mismatches} NaN/Inf mismatches"
+    return KeyDifference(
+        key=key,
+        reason="values",
+        detail=detail,
+        count=comparison.mismatched,
+        size=comparison.total,
+        max_abs_diff=None if largest is None else largest.diff,
+        nan_mismatches=mismatches,
+    )
+
+
+def _differences(
+    a: Mapping[str, Leaf], b: Mapping[str, Leaf], other_name: str
+) -> list[KeyDifference]:
+    out: list[KeyDifference] = []
+    for key, leaf in a.items():
+        other = b.get(key)
+        if other is None:
+            out.append(KeyDifference(key, "missing", "missing in this run"))
+        elif leaf.dtype != other.dtype:
+            out.append(KeyDifference(key, "dtype", f"dtype {leaf.dtype} -> {other.dtype}"))
+        elif leaf.shape != other.shape:
+            out.append(
+                KeyDifference(key, "shape", f"shape {list(leaf.shape)} -> {list(other.shape)}")
+            )
+        elif not bits_equal(leaf, other):
+            out.append(_value_difference(key, leaf, other, other_name))
+    out.extend(KeyDifference(key, "extra", "not checked in run 0") for key in b.keys() - a.keys())
+    return out
+
+
+def _same(a: _Run, b: _Run) -> bool:
+    if not _same_error(a.error, b.error):
+        return False
+    if a.evidence.keys() != b.evidence.keys():
+        return False
+    return all(bits_equal(leaf, b.evidence[key]) for key, leaf in a.evidence.items())
+
+
+def _explained_error(error: BaseException | None) -> str:
+    from pytest_determinism.diagnose import explain_torch_error
+
+    if error is None:
+        return "returned normally"
+    text = f"raised {_error_text(error)}"
+    explanation = explain_torch_error(error)
+    return text if explanation is None else f"{text}\n    {explanation}"
+
+
+def _report(
+    kind: str,
+    index: int,
+    runs: int,
+    seed: int,
+    first: _Run,
+    other: _Run,
+    differences: list[KeyDifference],
+    diagnosis: Diagnosis | None,
+    mismatch: str | None,
+) -> str:
+    if kind == REPEAT:
+        lines = [
+            f"Nondeterministic: run {index} differs from run 0 (runs reseeded with seed "
+            f"{seed} before each; {index + 1} of {runs} runs made)."
+        ]
+    else:
+        lines = [
+            "Seed-dependent: the probe run differs from run 0. In the probe run every random "
+            "draw inside torch module forward calls came from another seed, while everything "
+            "outside them saw run 0's random numbers, so the forward pass depends on random "
+            f"state (seed {seed}).",
+        ]
+    if mismatch is not None:
+        lines.append(f"  forward calls: {mismatch}")
+    if not _same_error(first.error, other.error):
+        name = f"run {index}" if kind == REPEAT else "the probe run"
+        lines.append(f"  run 0 {_explained_error(first.error)}")
+        lines.append(f"  {name} {_explained_error(other.error)}")
+    if differences:
+        lines.append("  checked values that differ:")
+        lines += [f"    {diff.key or '(value)'}: {diff.detail}" for diff in differences]
+    if diagnosis is not None:
+        lines.append(diagnosis.text)
+    elif first.trace is None:
+        lines.append(
+            "  (torch was not imported when the check began, so module calls were not traced)"
+        )
+    return "\n".join(lines)
+
+
+def _failure(
+    kind: str,
+    index: int,
+    runs: int,
+    seed: int,
+    made: list[_Run],
+    mismatch: str | None = None,
+) -> Verdict:
+    from pytest_determinism.diagnose import diagnose
+
+    first, other = made[0], made[-1]
+    name = f"run {index}" if kind == REPEAT else "the probe run"
+    differences = _differences(first.evidence, other.evidence, name)
+    diagnosis = None
+    if first.trace is not None and other.trace is not None:
+        diagnosis = diagnose(first.trace, other.trace, kind=kind, other_name=name)
+    return Verdict(
+        ok=False,
+        kind=kind,
+        report=_report(kind, index, runs, seed, first, other, differences, diagnosis, mismatch),
+        module=None if diagnosis is None else diagnosis.module,
+        module_class=None if diagnosis is None else diagnosis.cls,
+        differences=tuple(differences),
+        errors=tuple(run.error for run in made),
+        evidence=first.evidence,
+        diverging_run=index,
+        runs_made=len(made),
+        probe_run=kind == SEED,
+        diagnosis=diagnosis,
+    )
+
+
+def check_runs(
+    run_once: Callable[[int], Mapping[str, Leaf]],
+    *,
+    runs: int,
+    seed: int,
+    stochastic: bool,
+    catch: tuple[type[BaseException], ...] = (Exception,),
+) -> Verdict:
+    """Call ``run_once(i)`` for ``i`` in ``range(runs)``, each reseeded with ``seed``, and
+    unless ``stochastic`` once more (``i == runs``) under the seed probe; compare.
+
+    The probe run needs torch (it changes draws inside module forward calls): without torch
+    imported it is not made, and ``Verdict.probe_run`` says so.
+
+    Every run's evidence must equal run 0's bit for bit (keys, dtypes, shapes and bytes,
+    NaN positions included), and an exception from ``catch`` counts as evidence too (its
+    type and message). Other exceptions propagate. The runs stop at the first divergence.
+    Every random number generator is put back as it was found when the check ends.
+    """
+    if runs < 1:
+        raise ValueError(f"check_runs: runs must be at least 1, got {runs}")
+    traced = torch_if_imported() is not None
+    probe = None
+    if traced and not stochastic:
+        from pytest_determinism.probe import SeedProbe
+
+        probe = SeedProbe(seed)
+    saved = capture_rng()
+    try:
+        made = [_run(run_once, 0, seed, catch, traced, probe)]
+        for index in range(1, runs):
+            made.append(_run(run_once, index, seed, catch, traced, None))
+            if not _same(made[0], made[-1]):
+                return _failure(REPEAT, index, runs, seed, made)
+            made[-1].trace = None  # only run 0's trace is kept for later comparisons
+        if probe is not None:
+            probe.replay()
+            made.append(_run(run_once, runs, seed, catch, traced, probe))
+            if probe.mismatch is not None or not _same(made[0], made[-1]):
+                return _failure(SEED, runs, runs, seed, made, probe.mismatch)
+        return Verdict(
+            ok=True,
+            kind=None,
+            report="",
+            module=None,
+            module_class=None,
+            differences=(),
+            errors=tuple(run.error for run in made),
+            evidence=made[0].evidence,
+            runs_made=len(made),
+            probe_run=probe is not None,
+        )
+    finally:
+        restore_rng(saved)

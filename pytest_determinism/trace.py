@@ -1,0 +1,461 @@
+"""Fingerprints of every torch module call, in call order.
+
+While a :func:`tracing` block is active, two global module hooks
+(``torch.nn.modules.module.register_module_forward_pre_hook`` and
+``register_module_forward_hook``) note every module call: its qualified name within the
+outermost module being called (``encoder.stages.1.layers.0.drop_path``), its class, its
+training flag, whether it is a stochastic layer, and fingerprints of its inputs, outputs and
+own state. A fingerprint holds, for each tensor found in a nested value, its path, dtype,
+shape and a CRC-32 of its bytes: never a copy, so a trace's memory grows with the number of
+calls, not with tensor sizes. Two traces of the same code are compared call by call to find
+the first module whose output changed (see ``diagnose``).
+
+Limits, by design:
+
+- Only calls that go through ``Module.__call__`` are seen: ``module.forward(x)`` bypasses
+  every hook, and so does the inside of a compiled or scripted module.
+- Calls made on another thread than the one that opened the block are ignored.
+- Positional arguments are fingerprinted on entry, keyword arguments when the call returns
+  (global pre-hooks do not receive them), so an in-place change to a keyword argument shows
+  as an input difference.
+- Tensors off the CPU are copied to the CPU to be hashed, which synchronises the device.
+- A module's parameters are fingerprinted by their in-place version counters, not their
+  values: hashing every weight on every run would cost more than the forward pass. Its
+  buffers (running statistics, caches) are hashed.
+- A tensor's digest is reused within a block while its version counter stands still, so a
+  change made through ``tensor.data`` may go unseen. Buffers of a module called in training
+  mode are hashed afresh at its next call: batch_norm updates its running statistics
+  without moving their version counters.
+
+Nothing is installed while no block is active. Blocks nest: the innermost one records and
+every enclosing one stands aside (its hooks removed) until it ends, so a helper that runs its
+own checks inside a test that is itself being checked decides alone.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import dataclasses
+import sys
+import threading
+import weakref
+import zlib
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from pytest_determinism.evalmode import _is_stochastic
+from pytest_determinism.state import TorchFlags, _capture_torch
+
+__all__ = [
+    "CallRecord",
+    "Fingerprint",
+    "LeafPrint",
+    "OutermostObserver",
+    "Trace",
+    "describe_fingerprint",
+    "tracing",
+]
+
+#: One value inside a call's inputs, outputs or state: ``(path, dtype or type name, shape,
+#: digest)``. The digest is a CRC-32 of a tensor's bytes, ``hash()`` of a plain Python
+#: value, a parameter's version counter (type name ``"version"``), ``-1`` for a tensor
+#: whose bytes cannot be read (sparse, meta, subclasses without storage) and ``0`` for an
+#: object that is not looked into.
+LeafPrint = tuple[str, str, tuple[int, ...], int]
+
+#: Everything found in one nested value, in traversal order.
+Fingerprint = tuple[LeafPrint, ...]
+
+# Containers nested deeper than this are summarised by their type: module arguments that
+# deep are configuration, not activations, and the bound keeps self-containing lists finite.
+_MAX_DEPTH = 6
+
+# Positions in a raw call row; rows are plain lists because a dataclass per call costs
+# more than the rest of the bookkeeping, and most traces are never read call by call.
+_PARENT, _OUTER, _QUALNAME, _CLASS, _INPUTS, _STATE, _OUTPUTS, _TRAINING, _LAST, _EXIT = range(10)
+
+
+@dataclass(frozen=True, eq=False)
+class CallRecord:
+    """One module call.
+
+    ``index`` is its position in entry order; the calls nested in it are ``index + 1`` to
+    ``last`` inclusive, and ``parent`` is the enclosing call (``-1`` for an outermost call).
+    ``outer`` numbers the outermost call it belongs to, ``root`` is that outermost module's
+    class name and ``qualname`` the name within it (``""`` for the outermost module itself).
+    ``training`` is read when the call returns, after every pre-hook (the plugin's eval-mode
+    switch included) has run. ``outputs`` is ``None`` when the forward raised. ``state``
+    fingerprints the module's own buffers and parameters on entry. ``exit_position`` is the
+    call's place in the order in which calls returned.
+    """
+
+    index: int
+    parent: int
+    outer: int
+    root: str
+    qualname: str
+    cls: str
+    cls_module: str
+    stochastic: bool
+    inputs: Fingerprint
+    state: Fingerprint
+    outputs: Fingerprint | None
+    training: bool
+    last: int
+    exit_position: int
+
+    @property
+    def display_name(self) -> str:
+        """The qualified name, or ``<root Class>`` for an outermost call."""
+        return self.qualname or f"<root {self.root}>"
+
+    @property
+    def from_torch(self) -> bool:
+        """Whether the module's class is one of torch's own (``torch.nn.Linear``, ...)."""
+        return self.cls_module == "torch" or self.cls_module.startswith("torch.")
+
+
+@dataclass(eq=False)
+class Trace:
+    """Every module call of one :func:`tracing` block, complete once the block has ended.
+
+    ``settings`` are the torch flags in force when the block began (threads, deterministic
+    algorithms, TF32, ...).
+    """
+
+    settings: TorchFlags | None = None
+    rows: list[list[Any]] = field(default_factory=list, repr=False)
+    exit_order: list[int] = field(default_factory=list, repr=False)
+    outermost: list[int] = field(default_factory=list)
+    _records: list[CallRecord] | None = field(default=None, repr=False)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    @property
+    def calls(self) -> list[CallRecord]:
+        """The calls in entry order (an enclosing call before the calls inside it)."""
+        if self._records is None or len(self._records) != len(self.rows):
+            self._records = [self._record(i) for i in range(len(self.rows))]
+        return self._records
+
+    def by_exit(self) -> list[CallRecord]:
+        """The calls in the order they returned: the innermost call that changed comes
+        before the calls enclosing it. A call that never returned is left out."""
+        calls = self.calls
+        return [calls[i] for i in self.exit_order]
+
+    def nested(self, record: CallRecord) -> list[CallRecord]:
+        """The calls made inside ``record``, in entry order."""
+        return self.calls[record.index + 1 : record.last + 1]
+
+    def _record(self, index: int) -> CallRecord:
+        row = self.rows[index]
+        cls, cls_module, stochastic = row[_CLASS]
+        outer = row[_OUTER]
+        return CallRecord(
+            index=index,
+            parent=row[_PARENT],
+            outer=outer,
+            root=self.rows[self.outermost[outer]][_CLASS][0],
+            qualname=row[_QUALNAME],
+            cls=cls,
+            cls_module=cls_module,
+            stochastic=stochastic,
+            inputs=row[_INPUTS],
+            state=row[_STATE],
+            outputs=row[_OUTPUTS],
+            training=row[_TRAINING],
+            last=row[_LAST],
+            exit_position=row[_EXIT],
+        )
+
+
+class OutermostObserver(Protocol):
+    """Told when an outermost module call starts and ends (the seed probe is one)."""
+
+    def outermost_enter(self, module: Any, number: int) -> None:
+        """Outermost call ``number`` (0, 1, ...) of the block is about to run."""
+
+    def outermost_exit(self, module: Any, number: int) -> None:
+        """Outermost call ``number`` returned or raised."""
+
+
+def describe_fingerprint(fingerprint: Fingerprint | None) -> str:
+    """A short text of what a fingerprint holds (``0: float32[2, 8]``), for reports."""
+    if fingerprint is None:
+        return "(raised)"
+    if not fingerprint:
+        return "(nothing)"
+    parts = []
+    for path, kind, shape, _digest in fingerprint[:6]:
+        dims = "[" + ", ".join(str(n) for n in shape) + "]" if shape else ""
+        parts.append(f"{path or 'value'}: {kind}{dims}")
+    more = f", and {len(fingerprint) - 6} more" if len(fingerprint) > 6 else ""
+    return ", ".join(parts) + more
+
+
+def _tensor_digest(torch: Any, tensor: Any) -> int:
+    """CRC-32 of a tensor's logical bytes, read in place when the tensor allows it."""
+    try:
+        flat = tensor
+        if not flat.is_cpu:
+            flat = flat.detach().cpu()
+        if flat.is_conj() or flat.is_neg():
+            flat = flat.detach().resolve_conj().resolve_neg()
+        if not flat.is_contiguous():
+            flat = flat.detach().contiguous()
+        size = flat.nbytes
+        if size == 0:
+            return 0
+        if type(flat) is not torch.Tensor and type(flat) is not torch.nn.Parameter:
+            # A subclass may not own the memory its pointer names; go through NumPy.
+            return zlib.crc32(flat.detach().reshape(-1).view(torch.uint8).numpy())
+        # Reading the storage through ctypes avoids building a NumPy view per tensor,
+        # which costs more than hashing the small tensors most calls see.
+        return zlib.crc32((ctypes.c_char * size).from_address(flat.data_ptr()))
+    except (RuntimeError, NotImplementedError, TypeError, ValueError):
+        return -1
+
+
+def _numpy_bytes(value: Any) -> Any | None:
+    """The bytes of a NumPy array of numbers, or ``None`` for anything else."""
+    numpy = sys.modules.get("numpy")
+    if numpy is None or not isinstance(value, numpy.ndarray) or value.dtype.kind not in "biufc":
+        return None
+    return numpy.ascontiguousarray(value).reshape(-1).view(numpy.uint8)
+
+
+_PLAIN = (bool, int, float, complex, str, bytes, type(None))
+
+
+class _Session:
+    """The recording state of one :func:`tracing` block; ``enter`` and ``exit`` are the
+    global hooks while it is the innermost block."""
+
+    def __init__(self, torch: Any, observer: OutermostObserver | None) -> None:
+        self.torch = torch
+        self.tensor_type = torch.Tensor
+        self.observer = observer
+        self.thread = threading.get_ident()
+        self.trace = Trace(settings=_capture_torch(torch))
+        self.stack: list[tuple[Any, list[Any]]] = []
+        self.handles: list[Any] = []
+        # Module id -> qualified name, a table per root (``table``: the one of the
+        # outermost call now running), rebuilt at most once when a module is missing.
+        self.tables: dict[int, dict[int, str]] = {}
+        self.rebuilt: set[int] = set()
+        self.table: dict[int, str] = {}
+        # id(tensor) -> (weak reference, version, data pointer, digest): the output of one
+        # call is usually the input of the next, and is hashed once.
+        self.digests: dict[int, tuple[Any, int, int, int]] = {}
+        self.dtype_names: dict[Any, str] = {}
+        self.classes: dict[type, tuple[str, str, bool]] = {}
+
+    def install(self) -> None:
+        hooks = self.torch.nn.modules.module
+        self.handles = [
+            hooks.register_module_forward_pre_hook(self.enter),
+            hooks.register_module_forward_hook(self.exit, with_kwargs=True, always_call=True),
+        ]
+
+    def uninstall(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+        self.handles = []
+
+    def _leaf(self, tensor: Any, path: str) -> LeafPrint:
+        dtype = tensor.dtype
+        name = self.dtype_names.get(dtype)
+        if name is None:
+            name = self.dtype_names[dtype] = str(dtype).removeprefix("torch.")
+        try:
+            version = tensor._version
+            pointer = tensor.data_ptr()
+        except RuntimeError:
+            # Inference tensors have no version counter and some subclasses no storage:
+            # their digest cannot be reused safely.
+            return (path, name, tensor.shape, _tensor_digest(self.torch, tensor))
+        key = id(tensor)
+        hit = self.digests.get(key)
+        if hit is not None and hit[1] == version and hit[2] == pointer and hit[0]() is tensor:
+            return (path, name, tensor.shape, hit[3])
+        digest = _tensor_digest(self.torch, tensor)
+        self.digests[key] = (weakref.ref(tensor), version, pointer, digest)
+        return (path, name, tensor.shape, digest)
+
+    def _walk(self, value: Any, path: str, out: list[LeafPrint], depth: int) -> None:
+        if isinstance(value, self.tensor_type):
+            out.append(self._leaf(value, path))
+        elif isinstance(value, _PLAIN):
+            # hash(nan) depends on the object since Python 3.10: give every NaN one digest.
+            out.append((path, type(value).__name__, (), hash(value) if value == value else -2))
+        elif depth >= _MAX_DEPTH:
+            out.append((path, type(value).__qualname__, (), 0))
+        elif isinstance(value, tuple | list):
+            for i, item in enumerate(value):
+                self._walk(item, f"{path}.{i}" if path else str(i), out, depth + 1)
+        elif isinstance(value, Mapping):
+            for key, item in value.items():
+                self._walk(item, f"{path}.{key}" if path else str(key), out, depth + 1)
+        elif dataclasses.is_dataclass(value) and not isinstance(value, type):
+            for item in dataclasses.fields(value):
+                name = item.name
+                self._walk(getattr(value, name), f"{path}.{name}" if path else name, out, depth + 1)
+        else:
+            array = _numpy_bytes(value)
+            digest = 0 if array is None else zlib.crc32(array)
+            out.append((path, type(value).__qualname__, (), digest))
+
+    def _fingerprint(self, value: Any) -> Fingerprint:
+        # The common cases first: one tensor, or a tuple of tensors (positional arguments).
+        if type(value) is self.tensor_type:
+            return (self._leaf(value, ""),)
+        out: list[LeafPrint] = []
+        if type(value) is tuple:
+            for i, item in enumerate(value):
+                if type(item) is self.tensor_type:
+                    out.append(self._leaf(item, str(i)))
+                else:
+                    self._walk(item, str(i), out, 1)
+        else:
+            self._walk(value, "", out, 0)
+        return tuple(out)
+
+    def _state(self, module: Any) -> Fingerprint:
+        out: list[LeafPrint] = []
+        for name, buffer in module._buffers.items():
+            if buffer is not None:
+                out.append(self._leaf(buffer, name))
+        for name, parameter in module._parameters.items():
+            if parameter is not None:
+                try:
+                    version = parameter._version
+                except RuntimeError:
+                    version = -1
+                out.append((name, "version", (), version))
+        return tuple(out)
+
+    def _table(self, root: Any) -> dict[int, str]:
+        table = self.tables.get(id(root))
+        if table is None:
+            table = {id(sub): name for name, sub in root.named_modules()}
+            self.tables[id(root)] = table
+        return table
+
+    def _missing_name(self, module: Any, parent: list[Any]) -> str:
+        # A module the root's table does not know: attached after the first call, built
+        # inside forward, or borrowed from elsewhere.
+        root = self.stack[0][0]
+        if id(root) not in self.rebuilt:
+            self.rebuilt.add(id(root))
+            del self.tables[id(root)]
+            self.table = self._table(root)
+            name = self.table.get(id(module))
+            if name is not None:
+                return name
+        suffix = f"<{type(module).__name__}>"
+        return f"{parent[_QUALNAME]}.{suffix}" if parent[_QUALNAME] else suffix
+
+    def _class_info(self, module: Any) -> tuple[str, str, bool]:
+        cls = type(module)
+        info = self.classes.get(cls)
+        if info is None:
+            info = (cls.__name__, cls.__module__, _is_stochastic(self.torch, module))
+            self.classes[cls] = info
+        return info
+
+    def enter(self, module: Any, args: tuple[Any, ...]) -> None:
+        """Global forward pre-hook: open a call row."""
+        if threading.get_ident() != self.thread:
+            return
+        trace = self.trace
+        stack = self.stack
+        if stack:
+            parent = stack[-1][1]
+            qualname = self.table.get(id(module))
+            if qualname is None:
+                qualname = self._missing_name(module, parent)
+            parent_index = parent[_LAST]
+            outer = parent[_OUTER]
+        else:
+            self.table = self._table(module)
+            qualname = ""
+            parent_index = -1
+            outer = len(trace.outermost)
+            trace.outermost.append(len(trace.rows))
+            if self.observer is not None:
+                self.observer.outermost_enter(module, outer)
+        index = len(trace.rows)
+        # _LAST holds the row's own index until the call returns, so children can read it.
+        row = [
+            parent_index,
+            outer,
+            qualname,
+            self._class_info(module),
+            self._fingerprint(args),
+            self._state(module) if module._buffers or module._parameters else (),
+            None,
+            False,
+            index,
+            -1,
+        ]
+        trace.rows.append(row)
+        stack.append((module, row))
+
+    def exit(self, module: Any, args: tuple[Any, ...], *rest: Any) -> None:
+        """Global forward hook (always called): close the call row."""
+        stack = self.stack
+        # A call entered before this block began, or one whose pre-hooks raised before
+        # ours ran, is not on the stack: ignore its exit.
+        if not stack or stack[-1][0] is not module or threading.get_ident() != self.thread:
+            return
+        row = stack.pop()[1]
+        trace = self.trace
+        # torch passes (kwargs, result) normally, only (result,) when the forward raised.
+        if len(rest) == 2:
+            kwargs, result = rest
+            if kwargs:
+                row[_INPUTS] += self._fingerprint(kwargs)
+            row[_OUTPUTS] = self._fingerprint(result)
+        row[_TRAINING] = training = bool(module.training)
+        if training and module._buffers:
+            # Kernels such as batch_norm update running statistics in training mode without
+            # bumping the version counter: hash those buffers afresh at the next call.
+            for buffer in module._buffers.values():
+                self.digests.pop(id(buffer), None)
+        row[_EXIT] = len(trace.exit_order)
+        trace.exit_order.append(row[_LAST])
+        row[_LAST] = len(trace.rows) - 1
+        if not stack and self.observer is not None:
+            self.observer.outermost_exit(module, row[_OUTER])
+
+
+# Active blocks, innermost last; only the innermost one has its hooks installed.
+_sessions: list[_Session] = []
+
+
+@contextmanager
+def tracing(observer: OutermostObserver | None = None) -> Iterator[Trace]:
+    """Record every module call made inside the block into the yielded :class:`Trace`.
+
+    ``observer`` is told when each outermost call starts and ends (the seed probe). An
+    enclosing ``tracing`` block records nothing, and its observer hears nothing, until this
+    one ends. No hook remains installed once the outermost block has ended.
+    """
+    import torch
+
+    session = _Session(torch, observer)
+    if _sessions:
+        _sessions[-1].uninstall()
+    _sessions.append(session)
+    session.install()
+    try:
+        yield session.trace
+    finally:
+        session.uninstall()
+        _sessions.remove(session)
+        if _sessions:
+            _sessions[-1].install()
