@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from pytest_determinism.compare import Comparison, Spot, compare
-from pytest_determinism.context import current_seed
+from pytest_determinism.context import current_seed, tolerance_overrides
 from pytest_determinism.diagnose import explain_torch_error
 from pytest_determinism.engine import check_runs
 from pytest_determinism.errors import NondeterminismError
@@ -50,6 +50,7 @@ def assert_deterministic(
     ``--determinism`` is itself checking, this call's runs decide: the CI mode's trace and
     probe stand aside while it runs.
     """
+    __tracebackhide__ = True  # a failure points at the caller, not at this helper
     if runs < 1:
         raise ValueError(f"assert_deterministic: runs must be at least 1, got {runs}")
     if seed is None:
@@ -312,12 +313,14 @@ def assert_batch_invariant(
     ``position_ids`` computed from the mask, or the padded sample's positions are shifted.
 
     ``exact=True`` compares bit for bit; ``exact=False`` uses ``rtol`` / ``atol``, taking
-    what is not given from the dtype's default tolerance (the ``golden_tensor`` table).
+    what is not given from the dtype's default tolerance (the ``golden_tensor`` table, the
+    project's ini ``golden_tolerances`` included).
     Giving ``rtol`` or ``atol`` implies ``exact=False``.
 
     Raises ``AssertionError`` with a report saying, per sample, whether it differs, the
     largest absolute and relative differences and the first differing position.
     """
+    __tracebackhide__ = True  # a failure points at the caller, not at this helper
     if batch_dim < 0:
         raise ValueError(
             f"assert_batch_invariant: batch_dim must be >= 0, got {batch_dim} "
@@ -349,7 +352,9 @@ def assert_batch_invariant(
                 result.problems.append(f"{key or '(output)'}: missing from the output alone")
                 continue
             row, kept[key] = _row_of(leaf, alone[key], index, batch_dim, padded, real)
-            tolerance = resolve_tolerance(leaf.dtype, rtol=rtol, atol=atol, exact=exact)
+            tolerance = resolve_tolerance(
+                leaf.dtype, tolerance_overrides(), rtol=rtol, atol=atol, exact=exact
+            )
             result.comparisons[key] = compare(row, alone[key], tolerance)
         results.append(result)
         kept_per_sample.append(kept)

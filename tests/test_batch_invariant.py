@@ -182,3 +182,27 @@ def test_a_llama_called_without_its_mask_is_caught(llama: torch.nn.Module) -> No
     # Sample 0's first real token sits at position 2 of the padded batch.
     assert "first difference at (0, 0, 0) alone / (0, 2, 0) in the batch" in message
     assert "first difference at (0, 0, 0) alone / (2, 3, 0) in the batch" in message
+
+
+def test_ini_tolerances_and_caller_traceback_in_a_real_run(pytester: pytest.Pytester) -> None:
+    """The project's golden_tolerances apply; a failure shows the caller, not the helper."""
+    pytester.makeini("[pytest]\ngolden_tolerances = float32: rtol=0.5 atol=0.5\n")
+    pytester.makepyfile(
+        """
+import torch
+from pytest_determinism import assert_batch_invariant
+
+def scaled(x):
+    return x * (1.1 if x.shape[0] == 1 else 1.0)
+
+def test_loose():
+    assert_batch_invariant(scaled, torch.ones(2, 3), exact=False)
+
+def test_exact():
+    assert_batch_invariant(scaled, torch.ones(2, 3))
+"""
+    )
+    result = pytester.runpytest("-p", "no:randomly")
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.no_fnmatch_line("*pytest_determinism/helpers.py*")
+    result.stdout.fnmatch_lines(["*assert_batch_invariant(scaled, torch.ones(2, 3))*"])
