@@ -14,10 +14,10 @@ It does nothing while the plugin is not active in a pytest session.
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 from pytest_determinism import context
-from pytest_determinism.rng import seed_everything, torch_if_imported
 
 __all__ = ["TorchRandom", "set_active"]
 
@@ -41,22 +41,26 @@ class TorchRandom:
             return
         test_seed = context.current_seed()
         if test_seed is not None:
+            # Imported here: the plugin loads this module at configure time, and rng
+            # imports NumPy, which an unused plugin must not cost.
+            from pytest_determinism.rng import seed_everything
+
             seed_everything(test_seed)
             return
-        torch = torch_if_imported()
+        torch = sys.modules.get("torch")
         if torch is not None:
             torch.default_generator.manual_seed(seed)
 
     def getstate(self) -> Any:
         """torch's CPU RNG state (``random`` and NumPy are saved by hypothesis itself)."""
-        torch = torch_if_imported()
+        torch = sys.modules.get("torch")
         if not _active or torch is None:
             return None
         return torch.get_rng_state()
 
     def setstate(self, state: Any) -> None:
         """Put back what ``getstate`` returned."""
-        torch = torch_if_imported()
+        torch = sys.modules.get("torch")
         if state is not None and torch is not None:
             torch.set_rng_state(state)
 
