@@ -1,0 +1,196 @@
+"""What tracing module calls costs: time against the untraced forward, and memory per call.
+
+Run with ``python benchmarks/bench_trace.py``. It prints, for a 50-layer MLP at two sizes
+and a tiny GPT-style transformer:
+
+- the untraced forward time (no global hooks installed at all);
+- the traced forward, one ``tracing`` block per forward (what a short test pays, the
+  block's own set-up included), and inside one long block (the steady state);
+- the ratio of each to the untraced forward, all measured in this same run, interleaved,
+  best of many repeats so that other processes on the machine disturb them least;
+
+then the memory a trace holds per module call for small and for large tensors (it must not
+grow with tensor sizes), and that no global forward hook is left installed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import time
+import tracemalloc
+from collections.abc import Callable
+
+import torch
+from torch.nn.modules import module as torch_module
+
+from pytest_determinism.trace import tracing
+
+
+def mlp(width: int, depth: int = 50) -> torch.nn.Module:
+    layers: list[torch.nn.Module] = []
+    for _ in range(depth):
+        layers += [torch.nn.Linear(width, width), torch.nn.ReLU()]
+    return torch.nn.Sequential(*layers)
+
+
+class Block(torch.nn.Module):
+    """A pre-norm transformer block built from modules, as Hugging Face models are."""
+
+    def __init__(self, dim: int, heads: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.norm1 = torch.nn.LayerNorm(dim)
+        self.qkv = torch.nn.Linear(dim, 3 * dim)
+        self.proj = torch.nn.Linear(dim, dim)
+        self.drop1 = torch.nn.Dropout(0.1)
+        self.norm2 = torch.nn.LayerNorm(dim)
+        self.mlp = torch.nn.Sequential(
+            torch.nn.Linear(dim, 4 * dim), torch.nn.GELU(), torch.nn.Linear(4 * dim, dim)
+        )
+        self.drop2 = torch.nn.Dropout(0.1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch, length, dim = x.shape
+        q, k, v = self.qkv(self.norm1(x)).chunk(3, dim=-1)
+        q, k, v = (t.view(batch, length, self.heads, -1).transpose(1, 2) for t in (q, k, v))
+        attended = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+        x = x + self.drop1(self.proj(attended.transpose(1, 2).reshape(batch, length, dim)))
+        out: torch.Tensor = x + self.drop2(self.mlp(self.norm2(x)))
+        return out
+
+
+class TinyTransformer(torch.nn.Module):
+    def __init__(self, vocab: int = 256, dim: int = 64, heads: int = 4, depth: int = 4) -> None:
+        super().__init__()
+        self.embed = torch.nn.Embedding(vocab, dim)
+        self.blocks = torch.nn.ModuleList(Block(dim, heads) for _ in range(depth))
+        self.norm = torch.nn.LayerNorm(dim)
+        self.head = torch.nn.Linear(dim, vocab)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        x = self.embed(ids)
+        for block in self.blocks:
+            x = block(x)
+        logits: torch.Tensor = self.head(self.norm(x))
+        return logits
+
+
+def best_of(functions: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
+    """Seconds per call of each function, best of ``repeats``, the functions interleaved.
+
+    Each measurement loops a function for about 50 ms, so short forwards are timed over
+    many calls and long ones stay affordable.
+    """
+    loops = {}
+    for name, function in functions.items():
+        start = time.perf_counter()
+        function()
+        loops[name] = max(1, int(0.05 / max(time.perf_counter() - start, 1e-6)))
+    best = dict.fromkeys(functions, float("inf"))
+    for _ in range(repeats):
+        for name, function in functions.items():
+            start = time.perf_counter()
+            for _ in range(loops[name]):
+                function()
+            best[name] = min(best[name], (time.perf_counter() - start) / loops[name])
+    return best
+
+
+def calls_per_forward(model: torch.nn.Module, x: torch.Tensor) -> int:
+    with tracing() as trace:
+        model(x)
+    return len(trace)
+
+
+def time_model(name: str, model: torch.nn.Module, x: torch.Tensor, repeats: int) -> None:
+    model.eval()
+    calls = calls_per_forward(model, x)
+
+    def plain() -> object:
+        return model(x)
+
+    def one_block_per_forward() -> object:
+        with tracing():
+            return model(x)
+
+    steady_state_runs = 5
+
+    def one_long_block() -> object:
+        with tracing():
+            for _ in range(steady_state_runs):
+                model(x)
+        return None
+
+    with torch.no_grad():
+        for function in (plain, one_block_per_forward, one_long_block):
+            function()  # warm up
+        times = best_of(
+            {"plain": plain, "block": one_block_per_forward, "steady": one_long_block},
+            repeats=repeats,
+        )
+    untraced = times["plain"]
+    block = times["block"]
+    steady = times["steady"] / steady_state_runs
+    print(
+        f"{name:<38} {calls:>5} calls  untraced {untraced * 1e3:8.3f} ms  "
+        f"traced {block * 1e3:8.3f} ms ({block / untraced:4.2f}x)  "
+        f"steady {steady * 1e3:8.3f} ms ({steady / untraced:4.2f}x)  "
+        f"+{(steady - untraced) / calls * 1e6:5.1f} us/call"
+    )
+
+
+def trace_bytes_per_call(width: int, batch: int, forwards: int) -> float:
+    """Python memory a trace holds per module call (tensors live outside Python's heap)."""
+    model = mlp(width, depth=10).eval()
+    x = torch.randn(batch, width)
+    with torch.no_grad():
+        gc.collect()
+        tracemalloc.start()
+        with tracing() as trace:
+            for _ in range(forwards):
+                model(x)
+        _ = trace.calls  # the per-call records a diagnosis builds, too
+        held, _peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+    return held / len(trace)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=9, help="timing repeats (best of)")
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    hooks = torch_module._global_forward_hooks, torch_module._global_forward_pre_hooks
+    assert not any(hooks), "a global forward hook is installed before the benchmark"
+
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print("\nTime: untraced forward vs traced (one block per forward, and steady state)")
+    time_model("50-layer MLP, width 256, batch 64", mlp(256), torch.randn(64, 256), args.repeats)
+    time_model("50-layer MLP, width 1024, batch 64", mlp(1024), torch.randn(64, 1024), args.repeats)
+    time_model(
+        "tiny transformer, 4 blocks, 64 dims, 8x64",
+        TinyTransformer(),
+        torch.randint(0, 256, (8, 64)),
+        args.repeats,
+    )
+
+    print("\nMemory a trace holds per module call (independent of tensor size)")
+    for width, batch in ((16, 2), (1024, 256)):
+        for forwards in (10, 100):
+            per_call = trace_bytes_per_call(width, batch, forwards)
+            tensor_kib = width * batch * 4 / 1024
+            print(
+                f"  activations {tensor_kib:8.1f} KiB, {forwards * 21:5d} calls: "
+                f"{per_call:6.0f} bytes per call"
+            )
+
+    installed = len(torch_module._global_forward_hooks) + len(
+        torch_module._global_forward_pre_hooks
+    )
+    print(f"\nGlobal forward hooks installed outside a tracing block: {installed}")
+    assert installed == 0
+
+
+if __name__ == "__main__":
+    main()
