@@ -159,7 +159,12 @@ def trace_bytes_per_call(width: int, batch: int, forwards: int) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=9, help="timing repeats (best of)")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)"
+    )
     args = parser.parse_args()
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     hooks = torch_module._global_forward_hooks, torch_module._global_forward_pre_hooks
     assert not any(hooks), "a global forward hook is installed before the benchmark"

@@ -6,8 +6,8 @@ While a :func:`tracing` block is active, two global module hooks
 outermost module being called (``encoder.stages.1.layers.0.drop_path``), its class, its
 training flag, whether it is a stochastic layer, and fingerprints of its inputs, outputs and
 own state. A fingerprint holds, for each tensor found in a nested value, its path, dtype,
-shape and a CRC-32 of its bytes: never a copy, so a trace's memory grows with the number of
-calls, not with tensor sizes. Two traces of the same code are compared call by call to find
+shape and a digest of its bytes: never a copy, so a trace's memory grows with the number
+of calls, not with tensor sizes. Two traces of the same code are compared call by call to find
 the first module whose output changed (see ``diagnose``).
 
 Limits, by design:
@@ -45,8 +45,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from pytest_determinism.evalmode import _is_stochastic
-from pytest_determinism.state import TorchFlags, _capture_torch
+from pytest_determinism.evalmode import is_stochastic
+from pytest_determinism.state import TorchFlags, capture_torch_flags
 
 __all__ = [
     "CallRecord",
@@ -59,7 +59,7 @@ __all__ = [
 ]
 
 #: One value inside a call's inputs, outputs or state: ``(path, dtype or type name, shape,
-#: digest)``. The digest is a CRC-32 of a tensor's bytes, ``hash()`` of a plain Python
+#: digest)``. The digest is a hash of a tensor's bytes, ``hash()`` of a plain Python
 #: value, a parameter's version counter (type name ``"version"``), ``-1`` for a tensor
 #: whose bytes cannot be read (sparse, meta, subclasses without storage) and ``0`` for an
 #: object that is not looked into.
@@ -197,8 +197,48 @@ def describe_fingerprint(fingerprint: Fingerprint | None) -> str:
     return ", ".join(parts) + more
 
 
+# Buffers this large are hashed by a multilinear hash (several times faster than CRC-32,
+# which runs at about 4 GB/s); smaller ones by CRC-32, whose fixed cost is lower.
+_MULTILINEAR_FROM = 1 << 14
+_WORDS = 1 << 16
+_MASK = (1 << 64) - 1
+_MIX = 0x9E3779B97F4A7C15
+_tables: list[Any] = []
+
+
+def _multilinear(buffer: Any, size: int) -> int:
+    """Sum of the buffer's 64-bit words times fixed random odd weights, modulo 2**64.
+
+    Two different buffers collide with probability about 2**-64, except when they differ
+    only in the top bit of an even number of words (such as the signs of two float64s).
+    """
+    import numpy as np
+
+    if not _tables:
+        weights = np.random.default_rng(0x5EED).integers(0, _MASK, _WORDS, dtype=np.uint64)
+        _tables.extend((weights | np.uint64(1), np.empty(_WORDS, dtype=np.uint64)))
+    weights, scratch = _tables
+    words = np.frombuffer(buffer, dtype=np.uint64, count=size // 8)
+    digest = size
+    for start in range(0, words.size, _WORDS):
+        chunk = words[start : start + _WORDS]
+        count = chunk.size
+        total = int(np.add.reduce(np.multiply(chunk, weights[:count], out=scratch[:count])))
+        digest = (digest * _MIX + total) & _MASK
+    tail = size % 8
+    if tail:
+        digest = (digest * _MIX + zlib.crc32(memoryview(buffer).cast("B")[size - tail :])) & _MASK
+    return digest
+
+
+def _bytes_digest(buffer: Any, size: int) -> int:
+    if size < _MULTILINEAR_FROM:
+        return zlib.crc32(buffer)
+    return _multilinear(buffer, size)
+
+
 def _tensor_digest(torch: Any, tensor: Any) -> int:
-    """CRC-32 of a tensor's logical bytes, read in place when the tensor allows it."""
+    """A digest of a tensor's logical bytes, read in place when the tensor allows it."""
     try:
         flat = tensor
         if not flat.is_cpu:
@@ -212,10 +252,10 @@ def _tensor_digest(torch: Any, tensor: Any) -> int:
             return 0
         if type(flat) is not torch.Tensor and type(flat) is not torch.nn.Parameter:
             # A subclass may not own the memory its pointer names; go through NumPy.
-            return zlib.crc32(flat.detach().reshape(-1).view(torch.uint8).numpy())
+            return _bytes_digest(flat.detach().reshape(-1).view(torch.uint8).numpy(), size)
         # Reading the storage through ctypes avoids building a NumPy view per tensor,
         # which costs more than hashing the small tensors most calls see.
-        return zlib.crc32((ctypes.c_char * size).from_address(flat.data_ptr()))
+        return _bytes_digest((ctypes.c_char * size).from_address(flat.data_ptr()), size)
     except (RuntimeError, NotImplementedError, TypeError, ValueError):
         return -1
 
@@ -240,7 +280,7 @@ class _Session:
         self.tensor_type = torch.Tensor
         self.observer = observer
         self.thread = threading.get_ident()
-        self.trace = Trace(settings=_capture_torch(torch))
+        self.trace = Trace(settings=capture_torch_flags(torch))
         self.stack: list[tuple[Any, list[Any]]] = []
         self.handles: list[Any] = []
         # Module id -> qualified name, a table per root (``table``: the one of the
@@ -363,7 +403,7 @@ class _Session:
         cls = type(module)
         info = self.classes.get(cls)
         if info is None:
-            info = (cls.__name__, cls.__module__, _is_stochastic(self.torch, module))
+            info = (cls.__name__, cls.__module__, is_stochastic(self.torch, module))
             self.classes[cls] = info
         return info
 

@@ -328,3 +328,33 @@ def test_nan_arguments_and_dataclass_outputs() -> None:
         ("hidden", "float32", (2,)),
         ("note", "str", ()),
     ]
+
+
+@pytest.mark.parametrize("size", [7, 4096, 1 << 14, (1 << 14) + 3, (1 << 20) + 5])
+def test_digests_see_single_bit_flips_and_swaps(size: int) -> None:
+    from pytest_determinism.trace import _tensor_digest
+
+    base = torch.randint(0, 256, (size,), dtype=torch.uint8, generator=torch.Generator())
+    base[0], base[-1] = 1, 2
+    digest = _tensor_digest(torch, base)
+    assert _tensor_digest(torch, base.clone()) == digest
+    seen = {digest}
+    for position in (0, size // 2, size - 1):
+        for bit in (0, 7):
+            flipped = base.clone()
+            flipped[position] ^= 1 << bit
+            seen.add(_tensor_digest(torch, flipped))
+    swapped = base.clone()
+    swapped[0], swapped[-1] = 2, 1
+    seen.add(_tensor_digest(torch, swapped))
+    assert len(seen) == 8
+
+
+def test_tensor_subclasses_are_hashed_through_numpy() -> None:
+    from pytest_determinism.trace import _tensor_digest
+
+    class Tagged(torch.Tensor):
+        pass
+
+    plain = torch.randn(5000)
+    assert _tensor_digest(torch, plain.as_subclass(Tagged)) == _tensor_digest(torch, plain)
