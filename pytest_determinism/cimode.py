@@ -51,11 +51,11 @@ def run_ci_mode(
         catch=(Exception, pytest.fail.Exception),
     )
     record.determinism_tests += 1
-    record.probe_runs += 0 if settings.stochastic else 1
+    record.probe_runs += 1 if verdict.probe_run else 0
     test = record.test(item.nodeid)
     test.seed = settings.seed
     test.runs = runs
-    test.probe_run = not settings.stochastic
+    test.probe_run = verdict.probe_run
     test.nondeterministic = not verdict.ok
     test.verdict = verdict.kind
     test.first_diverging_module = verdict.module

@@ -17,7 +17,7 @@ from typing import Any
 
 from pytest_determinism.errors import DeterminismWarning, StochasticModuleError
 
-__all__ = ["EvalModeGuard", "stochastic_layers"]
+__all__ = ["EvalModeGuard", "is_stochastic", "stochastic_layers"]
 
 # Layers that change their output from call to call in training mode, recognised by class
 # name so third-party implementations (timm's DropPath, torchvision's StochasticDepth,
@@ -25,7 +25,8 @@ __all__ = ["EvalModeGuard", "stochastic_layers"]
 _STOCHASTIC_NAME_PARTS = ("droppath", "stochasticdepth", "dropblock", "dropconnect", "dropout")
 
 
-def _is_stochastic(torch: Any, module: Any) -> bool:
+def is_stochastic(torch: Any, module: Any) -> bool:
+    """Whether ``module`` draws random numbers in training mode (by type or class name)."""
     if isinstance(
         module, torch.nn.modules.dropout._DropoutNd | torch.nn.modules.batchnorm._BatchNorm
     ):
@@ -40,7 +41,7 @@ def stochastic_layers(module: Any) -> list[tuple[str, str]]:
     return [
         (name or type(sub).__name__, type(sub).__name__)
         for name, sub in module.named_modules()
-        if sub.training and _is_stochastic(torch, sub)
+        if sub.training and is_stochastic(torch, sub)
     ]
 
 

@@ -27,6 +27,7 @@ __all__ = [
     "TorchFlags",
     "apply_deterministic_settings",
     "capture",
+    "capture_torch_flags",
     "restore",
 ]
 
@@ -128,7 +129,8 @@ def _write_cudnn_tf32(torch: Any, state: Tf32State) -> None:
         _backend(torch, name).fp32_precision = value
 
 
-def _capture_torch(torch: Any) -> TorchFlags:
+def capture_torch_flags(torch: Any) -> TorchFlags:
+    """Read every torch flag a marked test may change (torch must be imported)."""
     inductor = _inductor_config()
     return TorchFlags(
         deterministic=bool(torch.are_deterministic_algorithms_enabled()),
@@ -148,7 +150,7 @@ def capture() -> GlobalState:
     torch = torch_if_imported()
     return GlobalState(
         rng=capture_rng(),
-        torch=None if torch is None else _capture_torch(torch),
+        torch=None if torch is None else capture_torch_flags(torch),
         cublas_workspace_config=os.environ.get(_CUBLAS_VAR),
     )
 
