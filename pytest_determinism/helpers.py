@@ -64,15 +64,12 @@ def assert_deterministic(
             results.append(result)
         if result is None:
             return {}
-        try:
-            return flatten(result)
-        except (TypeError, ValueError) as exc:
-            message = str(exc).removeprefix("golden_tensor: ")
-            raise TypeError(
-                f"assert_deterministic: fn's result cannot be compared: {message} "
-                "(return tensors, arrays, numbers or dicts / lists / tuples of them, "
-                "e.g. `lambda: model(**batch).logits`)"
-            ) from exc
+        return _comparable(
+            result,
+            "assert_deterministic: fn's result",
+            "return tensors, arrays, numbers or dicts / lists / tuples of them, "
+            "e.g. `lambda: model(**batch).logits`",
+        )
 
     verdict = check_runs(run_once, runs=runs, seed=seed, stochastic=stochastic)
     if not verdict.ok:
@@ -190,15 +187,21 @@ def _call(fn: Callable[..., Any], batch: _Batch, value: Any) -> Any:
     return fn(value)
 
 
-def _flatten_output(output: Any, what: str) -> dict[str, Leaf]:
+def _comparable(value: Any, what: str, advice: str) -> dict[str, Leaf]:
+    """``flatten(value)``, its errors reworded for the helper the user called."""
     try:
-        return flatten(output)
+        return flatten(value)
     except (TypeError, ValueError) as exc:
         message = str(exc).removeprefix("golden_tensor: ")
-        raise TypeError(
-            f"assert_batch_invariant: {what} cannot be compared: {message} (return tensors or "
-            "dicts / lists / tuples of them; drop caches, e.g. use_cache=False)"
-        ) from exc
+        raise TypeError(f"{what} cannot be compared: {message} ({advice})") from exc
+
+
+def _flatten_output(output: Any, what: str) -> dict[str, Leaf]:
+    return _comparable(
+        output,
+        f"assert_batch_invariant: {what}",
+        "return tensors or dicts / lists / tuples of them; drop caches, e.g. use_cache=False",
+    )
 
 
 def _row_of(
