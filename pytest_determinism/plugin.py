@@ -57,6 +57,8 @@ class PluginSession:
         self.worker_reports_complete = True
         self.filtered = False
         self.partial_modules: set[Path] = set()
+        #: (node id, test file) of every collected test function
+        self.collected: list[tuple[str, str]] = []
         self.outer_tolerances: Mapping[str, Tolerance] = {}
 
 
@@ -237,18 +239,35 @@ def pytest_report_header(config: pytest.Config) -> str:
 
 
 def pytest_itemcollected(item: pytest.Item) -> None:
-    """Mark tests that use the ``determinism`` fixture; remember each test's golden."""
+    """Mark tests that use the ``determinism`` fixture; remember each test function."""
     if "determinism" in getattr(item, "fixturenames", ()) and (
         item.get_closest_marker(MARKER) is None
     ):
         item.add_marker(MARKER)
-    plugin_session = item.config.stash[SESSION]
-    golden_file = _golden_file(item, plugin_session)
-    if golden_file is not None:
-        module = Path(str(item.path)).resolve()
-        plugin_session.record.inventory.add_collected(
-            item.nodeid, golden_file, whole_module=module not in plugin_session.partial_modules
-        )
+    if isinstance(item, pytest.Function):
+        # Golden paths are worked out at the end, and only where goldens exist: sanitising
+        # and hashing every test's name here would cost every suite, golden or not.
+        item.config.stash[SESSION].collected.append((item.nodeid, str(item.path)))
+
+
+def _take_inventory(config: pytest.Config, plugin_session: PluginSession) -> None:
+    """Map each collected test to its golden file, in modules that have a golden folder."""
+    by_module: dict[str, list[str]] = {}
+    for nodeid, test_file in plugin_session.collected:
+        by_module.setdefault(test_file, []).append(nodeid)
+    golden_dir = plugin_session.options.golden_dir
+    inventory = plugin_session.record.inventory
+    for test_file, nodeids in by_module.items():
+        module = Path(test_file)
+        # Every test of a module has its golden in the same folder: look there once.
+        first = _golden_file(module, nodeids[0], config, golden_dir)
+        if first is None or not first.parent.is_dir():
+            continue
+        whole_module = module.resolve() not in plugin_session.partial_modules
+        for nodeid in nodeids:
+            path = _golden_file(module, nodeid, config, golden_dir)
+            if path is not None:
+                inventory.add_collected(nodeid, path, whole_module=whole_module)
 
 
 def pytest_collection(session: pytest.Session) -> None:
@@ -292,22 +311,18 @@ def _invocation_id(item: pytest.Item) -> str:
     return f"{Path(relative).as_posix()}::{rest}" if rest else Path(relative).as_posix()
 
 
-def _test_name(item: pytest.Item) -> str:
-    # ``Class.test[param]``: the node id after the file, classes included.
-    return ".".join(item.nodeid.split("::")[1:])
-
-
-def _golden_file(item: pytest.Item, plugin_session: PluginSession) -> Path | None:
-    if not isinstance(item, pytest.Function):
-        return None
+def _golden_file(
+    test_file: Path, nodeid: str, config: pytest.Config, golden_dir: Path | None
+) -> Path | None:
     from pytest_determinism.paths import golden_path
 
     try:
         return golden_path(
-            test_file=Path(str(item.path)),
-            test_name=_test_name(item),
-            rootdir=item.config.rootpath,
-            golden_dir=plugin_session.options.golden_dir,
+            test_file=test_file,
+            # ``Class.test[param]``: the node id after the file, classes included.
+            test_name=".".join(nodeid.split("::")[1:]),
+            rootdir=config.rootpath,
+            golden_dir=golden_dir,
         )
     except ValueError:
         # Only a symlinked folder could lead outside the golden root; such a test gets no
@@ -450,7 +465,7 @@ def golden_tensor(request: pytest.FixtureRequest) -> Iterator[GoldenTensor]:
     item = request.node
     plugin_session = request.config.stash[SESSION]
     options = plugin_session.options
-    path = _golden_file(item, plugin_session)
+    path = _golden_file(Path(str(item.path)), item.nodeid, request.config, options.golden_dir)
     if path is None:
         pytest.fail(
             f"golden_tensor: no golden file can be placed for {item.nodeid}: it must be a "
@@ -513,6 +528,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if plugin_session is None:
         return
     record = plugin_session.record
+    _take_inventory(config, plugin_session)
     torch = sys.modules.get("torch")
     if torch is not None and record.tests:
         record.devices.add(_device_description(torch))
