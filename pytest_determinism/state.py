@@ -22,7 +22,6 @@ from typing import Any
 from pytest_determinism.rng import RngState, capture_rng, restore_rng, torch_if_imported
 
 __all__ = [
-    "CUBLAS_WORKSPACE",
     "GlobalState",
     "TorchFlags",
     "apply_deterministic_settings",
@@ -31,9 +30,6 @@ __all__ = [
     "restore",
 ]
 
-#: The cuBLAS workspace setting that makes cuBLAS reductions deterministic (documented by
-#: NVIDIA and PyTorch); it only takes effect if set before CUDA starts.
-CUBLAS_WORKSPACE = ":4096:8"
 _CUBLAS_VAR = "CUBLAS_WORKSPACE_CONFIG"
 
 # Backends whose fp32_precision decides TF32 (CUDA) or bf16 (oneDNN) for float32 work.
