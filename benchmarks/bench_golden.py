@@ -35,8 +35,9 @@ every 0.5 ms by a helper process; *RSS* is ``VmHWM`` after resetting it through
 ``/proc/self/clear_refs``, which also counts file pages mapped into the process (a memory-
 mapped golden: page-cache pages, shared and reclaimable, not extra memory).
 
-Writing: ``GoldenTensor`` in update mode (``check`` + ``finish``: copy, atomic write to a
-temporary file, fsync, rename, folder fsync) against ``safetensors.torch.save_file``
+Writing: ``GoldenTensor`` in update mode (``check`` + ``finish``: ``check`` writes the
+output to a temporary file, ``finish`` writes the header, fsyncs, renames and fsyncs the
+folder) against ``safetensors.torch.save_file``
 followed by an fsync of the file and the folder, and one raw ``write`` of the bytes with
 the same fsyncs, into the same folder, alternating; fsync is included for all three.
 ``--dir`` chooses the disk folder (default: the system temporary folder).
@@ -248,8 +249,8 @@ def ours_check(path: Path, out: Any) -> str:
 
 
 def ours_write(path: Path, out: Any, phases: list[tuple[float, float]] | None = None) -> bool:
-    """Record ``out`` in update mode; ``phases`` gets (check s, finish s): the copy that
-    ``check`` keeps, and the write."""
+    """Record ``out`` in update mode; ``phases`` gets (check s, finish s): ``check`` writes
+    the data to the temporary file, ``finish`` completes and installs it."""
     start = time.perf_counter()
     golden = _golden_tensor(path, update=True)
     golden.check(out)
@@ -438,8 +439,8 @@ def worker_write(spec: dict[str, Any]) -> dict[str, Any]:
         "write_best": {name: min(v) for name, v in times.items()},
         "write_samples": times,
         "ours_phases": {
-            "copy (check)": statistics.median(p[0] for p in phases),
-            "write (finish)": statistics.median(p[1] for p in phases),
+            "data (check)": statistics.median(p[0] for p in phases),
+            "install (finish)": statistics.median(p[1] for p in phases),
         },
         "rerecord": rerecord,
         "write_memory": memory,

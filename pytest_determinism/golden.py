@@ -2,7 +2,8 @@
 
 One object per test, one golden file per test. ``check`` flattens a value into leaves and
 either compares them with the file (streaming, memory-mapped) or, under
-``--update-golden``, keeps them to be written when the test has passed. In the CI mode
+``--update-golden``, hands them to a :class:`~pytest_determinism.writing.GoldenWriter`
+(big ones go to a temporary file at once), installed when the test has passed. In the CI mode
 the plugin calls ``start_run`` before each run of the body: run 0 behaves as above, later
 runs only capture what was checked, and ``evidence`` hands each run's leaves to the
 engine, which compares the runs bit for bit.
@@ -24,10 +25,10 @@ from pytest_determinism.storage import (
     GoldenFormatError,
     environment_metadata,
     read_golden,
-    write_golden,
 )
 from pytest_determinism.tolerances import Tolerance, resolve_tolerance
 from pytest_determinism.values import Leaf, bits_equal, flatten
+from pytest_determinism.writing import GoldenWriter
 
 __all__ = ["CHECKS_KEY", "GoldenResult", "GoldenTensor"]
 
@@ -127,7 +128,11 @@ class GoldenTensor:
         self._names: dict[str, list[str]] = {}
         self._keys: set[str] = set()
         self._evidence: dict[int, dict[str, Leaf]] = {}
-        self._recorded: dict[str, dict[str, Leaf]] = {}
+        # Under --update-golden: each check name and its keys, in order; the writer holds
+        # their values.
+        self._recorded: dict[str, list[str]] = {}
+        self._writer = GoldenWriter(path)
+        self._write_failed = False
         self._file: GoldenFile | None = None
         self._file_error: GoldenFileError | None = None
         self._passed = 0
@@ -180,9 +185,9 @@ class GoldenTensor:
         name = self._claim_name(name)
         # Bad tolerances fail the same way whether the check compares or records.
         resolve_tolerance("float32", rtol=rtol, atol=atol)
-        keep = self.update or self._capturing
         try:
-            leaves = flatten(value, copy=keep, prefix=name)
+            # Recording needs no copy here: the writer keeps what it needs at once.
+            leaves = flatten(value, copy=self._capturing, prefix=name)
         except (TypeError, ValueError) as exc:
             # Raised afresh here, so the traceback ends in the test, not in the plugin.
             raise type(exc)(str(exc)) from None
@@ -199,7 +204,7 @@ class GoldenTensor:
         if self._run > 0:
             return
         if self.update:
-            self._recorded[name] = leaves
+            self._record(name, leaves)
             return
         try:
             message = self._compare(
@@ -220,6 +225,20 @@ class GoldenTensor:
                 self.pending_failure = f"{self.pending_failure}\n\n{message}"
             return
         raise AssertionError(message)
+
+    def _record(self, name: str, leaves: dict[str, Leaf]) -> None:
+        __tracebackhide__ = True
+        try:
+            for key, leaf in leaves.items():
+                self._writer.keep(key, leaf)
+        except OSError as exc:
+            self._writer.discard()
+            self._write_failed = True
+            raise GoldenFileError(
+                f"golden_tensor.check: the golden file of {self.test_id} cannot be written "
+                f"beside {self.path}: {exc}"
+            ) from None
+        self._recorded[name] = list(leaves)
 
     def _claim_name(self, name: str | None) -> str:
         __tracebackhide__ = True
@@ -345,10 +364,15 @@ class GoldenTensor:
                 entries=tuple(self._entries),
             )
         if not self._recorded:
+            self._writer.discard()
             return GoldenResult(path=self.path)
-        if not test_passed:
+        if not test_passed or self._write_failed:
+            self._writer.discard()
             return GoldenResult(path=self.path, used=True, not_written=True)
-        return self._write()
+        try:
+            return self._write()
+        finally:
+            self._writer.discard()
 
     def _close(self) -> None:
         golden, self._file = self._file, None
@@ -356,58 +380,66 @@ class GoldenTensor:
             golden.close()
 
     def _write(self) -> GoldenResult:
-        old = _read_quietly(self.path)
-        try:
-            old_names = _recorded_names(old) if old is not None else []
-            written = updated = passed = 0
-            entries: list[dict[str, Any]] = []
-            leaves: dict[str, Leaf] = {}
-            for name, checked in self._recorded.items():
-                leaves.update(checked)
-                if old is None or name not in old_names:
-                    written += 1
-                    outcome = "written"
-                elif _same_content(old, name, checked):
-                    passed += 1
-                    outcome = "unchanged"
-                else:
-                    updated += 1
-                    outcome = "updated"
-                entries.extend(_entry(key, outcome, leaf, None) for key, leaf in checked.items())
-            checks = {name: list(checked) for name, checked in self._recorded.items()}
-            unchanged = (
-                old is not None
-                and written == 0
-                and updated == 0
-                and sorted(old.entries) == sorted(leaves)
-                and _recorded_checks(old) == checks
-            )
-        finally:
-            if old is not None:
-                old.close()
+        tally = self._tally()
         file_written = False
-        if not unchanged:
-            devices = sorted({leaf.device for leaf in leaves.values()})
-            metadata = environment_metadata(test_id=self.test_id, seed=self.seed, devices=devices)
-            metadata[CHECKS_KEY] = json.dumps(checks, sort_keys=True, separators=(",", ":"))
-            file_written = write_golden(self.path, leaves, metadata)
+        if not tally.unchanged:
+            metadata = environment_metadata(
+                test_id=self.test_id, seed=self.seed, devices=tally.devices
+            )
+            checks = json.dumps(self._recorded, sort_keys=True, separators=(",", ":"))
+            metadata[CHECKS_KEY] = checks
+            file_written = self._writer.commit(metadata)
         return GoldenResult(
             path=self.path,
-            passed=passed,
-            written=written,
-            updated=updated,
+            passed=tally.passed,
+            written=tally.written,
+            updated=tally.updated,
             used=True,
             file_written=file_written,
-            entries=tuple(entries),
+            entries=tally.entries,
         )
 
+    def _tally(self) -> _Tally:
+        # Its own frame, so no leaf (a map of the temporary file) outlives the comparison:
+        # the writer closes its maps before installing the file.
+        kept = self._writer.leaves()
+        old = self._writer.baseline()
+        old_names = _recorded_names(old) if old is not None else []
+        tally = _Tally(devices=sorted({leaf.device for leaf in kept.values()}))
+        entries: list[dict[str, Any]] = []
+        for name, keys in self._recorded.items():
+            checked = {key: kept[key] for key in keys}
+            if old is None or name not in old_names:
+                tally.written += 1
+                outcome = "written"
+            elif _same_content(old, name, checked):
+                tally.passed += 1
+                outcome = "unchanged"
+            else:
+                tally.updated += 1
+                outcome = "updated"
+            entries.extend(_entry(key, outcome, leaf, None) for key, leaf in checked.items())
+        tally.entries = tuple(entries)
+        tally.unchanged = (
+            old is not None
+            and tally.written == 0
+            and tally.updated == 0
+            and sorted(old.entries) == sorted(kept)
+            and _recorded_checks(old) == self._recorded
+        )
+        return tally
 
-def _read_quietly(path: Path) -> GoldenFile | None:
-    # Under --update-golden a missing or broken file is simply replaced.
-    try:
-        return read_golden(path)
-    except (OSError, GoldenFileError):
-        return None
+
+@dataclass
+class _Tally:
+    """How the checks recorded under ``--update-golden`` compare with the old file."""
+
+    devices: list[str]
+    passed: int = 0
+    written: int = 0
+    updated: int = 0
+    unchanged: bool = False
+    entries: tuple[dict[str, Any], ...] = ()
 
 
 def _recorded_checks(golden: GoldenFile) -> dict[str, Any] | None:

@@ -1,15 +1,9 @@
-"""Golden files: safetensors, read validated and memory-mapped, written atomically.
+"""Golden files: the safetensors layout, read validated and memory-mapped, and metadata.
 
 Reading never trusts the file: the header is parsed and checked here (length, JSON, every
 dtype, shape and offset, full coverage of the data) before any tensor is touched, and the
 data is memory-mapped, so a corrupt or hostile file can neither allocate much memory nor
-run code. Nothing is ever unpickled.
-
-Writing is atomic and byte-stable: the file is assembled in a temporary file in the same
-folder (its name does not end in ``.safetensors``, so no tool mistakes it for a golden),
-flushed and fsynced, then renamed over the old one, and the folder is fsynced. The same
-content always gives the same bytes (sorted keys, fixed JSON layout, no timestamps), and
-a file whose bytes would not change is not touched at all.
+run code. Nothing is ever unpickled. Writing lives in :mod:`pytest_determinism.writing`.
 
 Dtypes without a safetensors code are stored through a lossless view, recorded in the
 metadata under ``views``: ``complex128`` and ``complex32`` as float pairs (an extra last
@@ -24,9 +18,8 @@ import math
 import mmap
 import os
 import platform
-import secrets
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -38,13 +31,15 @@ from pytest_determinism.errors import GoldenFileError
 from pytest_determinism.values import DTYPES, Leaf
 
 __all__ = [
+    "CODES",
     "FORMAT",
+    "METADATA_KEY",
+    "VIEWS",
     "GoldenFile",
     "GoldenFormatError",
     "StoredEntry",
     "environment_metadata",
     "read_golden",
-    "write_golden",
 ]
 
 #: Written to the metadata key ``format``; bumped if the layout ever changes.
@@ -53,10 +48,11 @@ FORMAT = "pytest-determinism/1"
 #: safetensors' own limit on the JSON header.
 MAX_HEADER_BYTES = 100_000_000
 
-_METADATA = "__metadata__"
+#: The header key safetensors reserves for the string-to-string metadata.
+METADATA_KEY = "__metadata__"
 
-# torch dtype name -> safetensors code, for dtypes stored as themselves.
-_CODES = {
+#: torch dtype name -> safetensors code, for dtypes stored as themselves.
+CODES = {
     "bool": "BOOL",
     "uint8": "U8",
     "int8": "I8",
@@ -75,10 +71,10 @@ _CODES = {
     "float8_e8m0fnu": "F8_E8M0",
     "complex64": "C64",
 }
-_NAMES = {code: name for name, code in _CODES.items()}
+_NAMES = {code: name for name, code in CODES.items()}
 
-# torch dtype name -> (safetensors code it is viewed as, extra trailing dimension).
-_VIEWS = {
+#: torch dtype name -> (safetensors code it is viewed as, extra trailing dimension).
+VIEWS = {
     "complex128": ("F64", 2),
     "complex32": ("F16", 2),
     "float8_e4m3fnuz": ("U8", 0),
@@ -255,7 +251,7 @@ def _parse_header(
         raise GoldenFormatError(path, f"its header is not valid JSON ({exc})") from None
     if not isinstance(header, dict):
         raise GoldenFormatError(path, "its header is not a JSON object")
-    metadata = header.pop(_METADATA, {})
+    metadata = header.pop(METADATA_KEY, {})
     if not isinstance(metadata, dict) or not all(
         isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()
     ):
@@ -288,7 +284,7 @@ def _parse_views(path: Path, metadata: Mapping[str, str]) -> dict[str, str]:
     except ValueError:
         views = None
     if not isinstance(views, dict) or not all(
-        isinstance(k, str) and isinstance(v, str) and v in _VIEWS for k, v in views.items()
+        isinstance(k, str) and isinstance(v, str) and v in VIEWS for k, v in views.items()
     ):
         raise GoldenFormatError(path, f"its metadata 'views' is not understood: {text[:200]!r}")
     return dict(views)
@@ -316,7 +312,7 @@ def _parse_entry(
         )
     if view is not None:
         dtype = view
-        view_code, extra = _VIEWS[view]
+        view_code, extra = VIEWS[view]
         if code != view_code or (extra and (not shape or shape[-1] != extra)):
             raise GoldenFormatError(path, f"{where} does not match its recorded view as {view}")
         value_shape = tuple(shape[:-1]) if extra else tuple(shape)
@@ -341,120 +337,6 @@ def _parse_entry(
         start=start,
         stop=stop,
     )
-
-
-# ---------------------------------------------------------------------------------------
-# Writing
-
-
-def _layout(leaves: Mapping[str, Leaf]) -> list[tuple[str, Leaf]]:
-    # Widest items first, as safetensors does: with an 8-byte aligned data section every
-    # tensor then starts at a multiple of its item size.
-    return sorted(leaves.items(), key=lambda item: (-DTYPES[item[1].dtype].itemsize, item[0]))
-
-
-def _header(leaves: list[tuple[str, Leaf]], metadata: Mapping[str, str]) -> bytes:
-    header: dict[str, Any] = {}
-    views: dict[str, str] = {}
-    offset = 0
-    for key, leaf in leaves:
-        if key == _METADATA:
-            raise ValueError(f"{_METADATA!r} is reserved by safetensors; choose another name")
-        if leaf.dtype in _VIEWS:
-            code, extra = _VIEWS[leaf.dtype]
-            shape = [*leaf.shape, extra] if extra else list(leaf.shape)
-            views[key] = leaf.dtype
-        elif leaf.dtype in _CODES:
-            code, shape = _CODES[leaf.dtype], list(leaf.shape)
-        else:
-            raise TypeError(f"golden_tensor: dtype {leaf.dtype} of {key!r} cannot be stored")
-        nbytes = math.prod(leaf.shape) * DTYPES[leaf.dtype].itemsize
-        if leaf.data.nbytes != nbytes:
-            raise ValueError(f"leaf {key!r} holds {leaf.data.nbytes} bytes, expected {nbytes}")
-        header[key] = {"data_offsets": [offset, offset + nbytes], "dtype": code, "shape": shape}
-        offset += nbytes
-    meta = {str(k): str(v) for k, v in metadata.items()}
-    if views:
-        meta["views"] = json.dumps(views, sort_keys=True, separators=(",", ":"))
-    if meta:
-        header[_METADATA] = meta
-    text = json.dumps(header, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
-    body = text.encode("ascii")
-    # Pad with spaces, as safetensors does, so the data section starts 8-byte aligned.
-    body += b" " * (-len(body) % 8)
-    return len(body).to_bytes(8, "little") + body
-
-
-def _byte_views(leaves: list[tuple[str, Leaf]]) -> Iterator[np.ndarray[Any, Any]]:
-    for _, leaf in leaves:
-        yield np.ascontiguousarray(leaf.data).reshape(-1).view(np.uint8)
-
-
-_COMPARE_BYTES = 1 << 22
-
-
-def _same_bytes(path: Path, header: bytes, leaves: list[tuple[str, Leaf]]) -> bool:
-    try:
-        with open(path, "rb") as handle:
-            size = sum(leaf.data.nbytes for _, leaf in leaves) + len(header)
-            if os.fstat(handle.fileno()).st_size != size or handle.read(len(header)) != header:
-                return False
-            buffer = np.empty(_COMPARE_BYTES, dtype=np.uint8)
-            for data in _byte_views(leaves):
-                for start in range(0, data.size, _COMPARE_BYTES):
-                    part = data[start : start + _COMPARE_BYTES]
-                    got = handle.readinto(buffer.data[: part.size])
-                    if got != part.size or not np.array_equal(buffer[: part.size], part):
-                        return False
-    except OSError:
-        return False
-    return True
-
-
-def _fsync_folder(folder: Path) -> None:
-    # Makes the rename itself durable; folders cannot be opened like this on Windows.
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        with contextlib.suppress(OSError):
-            os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_golden(path: Path, leaves: Mapping[str, Leaf], metadata: Mapping[str, str]) -> bool:
-    """Write ``leaves`` and ``metadata`` to ``path`` atomically; ``True`` if written.
-
-    When the file already holds exactly these bytes it is left untouched (its bytes and
-    modification time stay) and ``False`` is returned. A crash at any moment leaves
-    either the old file or the new one, never a mix. Missing folders are created.
-    """
-    path = Path(path)
-    ordered = _layout(leaves)
-    header = _header(ordered, metadata)
-    if _same_bytes(path, header, ordered):
-        return False
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
-    # 0o666 (less the umask) like any file a tool writes: goldens are data, not programs.
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
-    fd = os.open(temporary, flags, 0o666)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(header)
-            for data in _byte_views(ordered):
-                handle.write(data.data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temporary)
-        raise
-    _fsync_folder(path.parent)
-    return True
 
 
 # ---------------------------------------------------------------------------------------

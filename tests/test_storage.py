@@ -29,9 +29,9 @@ from pytest_determinism.storage import (
     GoldenFormatError,
     environment_metadata,
     read_golden,
-    write_golden,
 )
 from pytest_determinism.values import DTYPES, Leaf, bits_equal, flatten
+from pytest_determinism.writing import write_golden
 
 _NATIVE_NUMPY = ["bool", "uint8", "int8", "int16", "uint16", "int32", "uint32", "int64"]
 _NATIVE_NUMPY += ["uint64", "float16", "float32", "float64", "complex64"]
@@ -202,7 +202,7 @@ _WRITER = textwrap.dedent(
     import sys
     from pathlib import Path
     import numpy as np
-    from pytest_determinism.storage import write_golden
+    from pytest_determinism.writing import write_golden
     from pytest_determinism.values import Leaf
 
     folder = Path(sys.argv[1])
