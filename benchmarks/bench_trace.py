@@ -8,6 +8,10 @@ and a tiny GPT-style transformer:
   block's own set-up included), and inside one long block (the steady state);
 - the ratio of each to the untraced forward, all measured in this same run, interleaved,
   best of many repeats so that other processes on the machine disturb them least;
+- for reference, the forward with two global hooks that do nothing (torch's own cost of
+  calling hooks, the floor of any hook-based tracer) and with the plugin's eval-mode hook
+  alone (what a marked test's forward costs before any tracing), with the traced forward's
+  ratio to the latter;
 
 then the memory a trace holds per module call for small and for large tensors (it must not
 grow with tensor sizes), and that no global forward hook is left installed.
@@ -24,7 +28,10 @@ from collections.abc import Callable
 import torch
 from torch.nn.modules import module as torch_module
 
+from pytest_determinism.evalmode import EvalModeGuard
 from pytest_determinism.trace import tracing
+
+GOAL = 1.3
 
 
 def mlp(width: int, depth: int = 50) -> torch.nn.Module:
@@ -97,15 +104,30 @@ def best_of(functions: dict[str, Callable[[], object]], repeats: int) -> dict[st
     return best
 
 
-def calls_per_forward(model: torch.nn.Module, x: torch.Tensor) -> int:
-    with tracing() as trace:
-        model(x)
-    return len(trace)
+def calls_per_forward(model: torch.nn.Module, x: torch.Tensor) -> tuple[int, int]:
+    """Module calls of one forward, and how many of them a trace records."""
+    calls = [0]
+
+    def count(module: torch.nn.Module, args: object) -> None:
+        calls[0] += 1
+
+    handle = torch_module.register_module_forward_pre_hook(count)
+    try:
+        with tracing() as trace:
+            model(x)
+    finally:
+        handle.remove()
+    return calls[0], len(trace)
 
 
-def time_model(name: str, model: torch.nn.Module, x: torch.Tensor, repeats: int) -> None:
+def _nothing(*args: object) -> None:
+    return None
+
+
+def time_model(name: str, model: torch.nn.Module, x: torch.Tensor, repeats: int) -> float:
+    """Print the timings of ``model``; return the traced forward's ratio to the untraced."""
     model.eval()
-    calls = calls_per_forward(model, x)
+    calls, recorded = calls_per_forward(model, x)
 
     def plain() -> object:
         return model(x)
@@ -122,25 +144,52 @@ def time_model(name: str, model: torch.nn.Module, x: torch.Tensor, repeats: int)
                 model(x)
         return None
 
+    def idle_hooks() -> object:
+        handles = [
+            torch_module.register_module_forward_pre_hook(_nothing),
+            torch_module.register_module_forward_hook(_nothing, with_kwargs=True, always_call=True),
+        ]
+        try:
+            return model(x)
+        finally:
+            for handle in handles:
+                handle.remove()
+
+    def eval_mode_hook() -> object:
+        guard = EvalModeGuard(strict=False, warn=False)
+        guard.install()
+        try:
+            return model(x)
+        finally:
+            guard.restore()
+
+    functions = {
+        "plain": plain,
+        "block": one_block_per_forward,
+        "steady": one_long_block,
+        "idle": idle_hooks,
+        "eval": eval_mode_hook,
+    }
     with torch.no_grad():
-        for function in (plain, one_block_per_forward, one_long_block):
+        for function in functions.values():
             function()  # warm up
-        times = best_of(
-            {"plain": plain, "block": one_block_per_forward, "steady": one_long_block},
-            repeats=repeats,
-        )
+        times = best_of(functions, repeats=repeats)
     untraced = times["plain"]
     block = times["block"]
     steady = times["steady"] / steady_state_runs
     print(
-        f"{name:<38} {calls:>5} calls  untraced {untraced * 1e3:8.3f} ms  "
-        f"traced {block * 1e3:8.3f} ms ({block / untraced:4.2f}x)  "
-        f"steady {steady * 1e3:8.3f} ms ({steady / untraced:4.2f}x)  "
-        f"+{(steady - untraced) / calls * 1e6:5.1f} us/call"
+        f"{name}: {calls} module calls, {recorded} recorded\n"
+        f"  untraced {untraced * 1e3:8.3f} ms   traced {block * 1e3:8.3f} ms "
+        f"({block / untraced:4.2f}x)   steady {steady * 1e3:8.3f} ms "
+        f"({steady / untraced:4.2f}x)   "
+        f"+{(block - untraced) / calls * 1e6:5.1f} us per module call\n"
+        f"  reference: idle hooks {times['idle'] / untraced:4.2f}x, eval-mode hook "
+        f"{times['eval'] / untraced:4.2f}x; traced / eval-mode hook {block / times['eval']:4.2f}x"
     )
+    return block / untraced
 
 
-def trace_bytes_per_call(width: int, batch: int, forwards: int) -> float:
+def trace_bytes_per_call(width: int, batch: int, forwards: int) -> tuple[float, int]:
     """Python memory a trace holds per module call (tensors live outside Python's heap)."""
     model = mlp(width, depth=10).eval()
     x = torch.randn(batch, width)
@@ -153,7 +202,7 @@ def trace_bytes_per_call(width: int, batch: int, forwards: int) -> float:
         _ = trace.calls  # the per-call records a diagnosis builds, too
         held, _peak = tracemalloc.get_traced_memory()
         tracemalloc.stop()
-    return held / len(trace)
+    return held / len(trace), len(trace)
 
 
 def main() -> None:
@@ -171,22 +220,28 @@ def main() -> None:
 
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     print("\nTime: untraced forward vs traced (one block per forward, and steady state)")
-    time_model("50-layer MLP, width 256, batch 64", mlp(256), torch.randn(64, 256), args.repeats)
-    time_model("50-layer MLP, width 1024, batch 64", mlp(1024), torch.randn(64, 1024), args.repeats)
-    time_model(
-        "tiny transformer, 4 blocks, 64 dims, 8x64",
-        TinyTransformer(),
-        torch.randint(0, 256, (8, 64)),
-        args.repeats,
-    )
+    ratios = {
+        "50-layer MLP, width 256, batch 64": time_model(
+            "50-layer MLP, width 256, batch 64", mlp(256), torch.randn(64, 256), args.repeats
+        ),
+        "50-layer MLP, width 1024, batch 64": time_model(
+            "50-layer MLP, width 1024, batch 64", mlp(1024), torch.randn(64, 1024), args.repeats
+        ),
+        "tiny transformer, 4 blocks, 64 dims, 8x64": time_model(
+            "tiny transformer, 4 blocks, 64 dims, 8x64",
+            TinyTransformer(),
+            torch.randint(0, 256, (8, 64)),
+            args.repeats,
+        ),
+    }
 
     print("\nMemory a trace holds per module call (independent of tensor size)")
     for width, batch in ((16, 2), (1024, 256)):
         for forwards in (10, 100):
-            per_call = trace_bytes_per_call(width, batch, forwards)
+            per_call, recorded = trace_bytes_per_call(width, batch, forwards)
             tensor_kib = width * batch * 4 / 1024
             print(
-                f"  activations {tensor_kib:8.1f} KiB, {forwards * 21:5d} calls: "
+                f"  activations {tensor_kib:8.1f} KiB, {recorded:5d} calls: "
                 f"{per_call:6.0f} bytes per call"
             )
 
@@ -195,6 +250,9 @@ def main() -> None:
     )
     print(f"\nGlobal forward hooks installed outside a tracing block: {installed}")
     assert installed == 0
+    print(f"\nGoal: traced forward < {GOAL}x the untraced forward")
+    for name, ratio in ratios.items():
+        print(f"  {'met    ' if ratio < GOAL else 'not met'}  {name}: {ratio:.2f}x")
 
 
 if __name__ == "__main__":

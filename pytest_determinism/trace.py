@@ -18,7 +18,16 @@ Limits, by design:
 - Positional arguments are fingerprinted on entry, keyword arguments when the call returns
   (global pre-hooks do not receive them), so an in-place change to a keyword argument shows
   as an input difference.
-- Tensors off the CPU are copied to the CPU to be hashed, which synchronises the device.
+- Tensors up to 8 KiB are hashed whole; larger ones by a fixed sample of 256 of their
+  64-bit words spread evenly over them plus their last bytes, so a difference confined to a
+  few elements of a large tensor can go unseen at that call and show at the next call it
+  spreads to (a dense change, such as dropout or noise makes, is always seen).
+- Tensors off the CPU are sampled on their device; only the sample is copied to the CPU,
+  which synchronises the device.
+- Calls of torch's elementwise activations and reshapes (``ReLU``, ``GELU``, ``Identity``,
+  ``Flatten``, ...: exactly those classes, not subclasses) are not recorded unless
+  outermost: they cannot introduce a difference, and their output is fingerprinted as the
+  next call's input.
 - A module's parameters are fingerprinted by their in-place version counters, not their
   values: hashing every weight on every run would cost more than the forward pass. Its
   buffers (running statistics, caches) are hashed.
@@ -197,52 +206,57 @@ def describe_fingerprint(fingerprint: Fingerprint | None) -> str:
     return ", ".join(parts) + more
 
 
-# Buffers this large are hashed by a multilinear hash (several times faster than CRC-32,
-# which runs at about 4 GB/s); smaller ones by CRC-32, whose fixed cost is lower.
-_MULTILINEAR_FROM = 1 << 14
-_WORDS = 1 << 16
-_MASK = (1 << 64) - 1
-_MIX = 0x9E3779B97F4A7C15
-_tables: list[Any] = []
+# Tensors up to this size are hashed whole, by CRC-32. Larger ones are fingerprinted by a
+# fixed sample of their 64-bit words spread evenly over them, and their last word and
+# trailing bytes, so a call costs the same whatever the size of its tensors: hashing every
+# byte of a small transformer's activations took longer than its forward pass. A
+# difference confined to a few elements of a large tensor can go unseen at the call that
+# made it and show at the next call it spreads to; values checked with golden_tensor are
+# compared in full.
+_SAMPLE_FROM = 1 << 13
+_SAMPLE_WORDS = 256
 
 
-def _multilinear(buffer: Any, size: int) -> int:
-    """Sum of the buffer's 64-bit words times fixed random odd weights, modulo 2**64.
-
-    Two different buffers collide with probability about 2**-64, except when they differ
-    only in the top bit of an even number of words (such as the signs of two float64s).
-    """
-    import numpy as np
-
-    if not _tables:
-        weights = np.random.default_rng(0x5EED).integers(0, _MASK, _WORDS, dtype=np.uint64)
-        _tables.extend((weights | np.uint64(1), np.empty(_WORDS, dtype=np.uint64)))
-    weights, scratch = _tables
-    words = np.frombuffer(buffer, dtype=np.uint64, count=size // 8)
-    digest = size
-    for start in range(0, words.size, _WORDS):
-        chunk = words[start : start + _WORDS]
-        count = chunk.size
-        total = int(np.add.reduce(np.multiply(chunk, weights[:count], out=scratch[:count])))
-        digest = (digest * _MIX + total) & _MASK
-    tail = size % 8
-    if tail:
-        digest = (digest * _MIX + zlib.crc32(memoryview(buffer).cast("B")[size - tail :])) & _MASK
-    return digest
+_numpy: list[Any] = []
 
 
-def _bytes_digest(buffer: Any, size: int) -> int:
-    if size < _MULTILINEAR_FROM:
+def _stride(count: int) -> int:
+    return count // _SAMPLE_WORDS
+
+
+def _buffer_digest(buffer: Any, size: int) -> int:
+    if size <= _SAMPLE_FROM:
         return zlib.crc32(buffer)
-    return _multilinear(buffer, size)
+    if not _numpy:
+        import numpy
+
+        _numpy.append(numpy)
+    count = size // 8
+    words = _numpy[0].frombuffer(buffer, dtype="uint64", count=count)
+    digest = zlib.crc32(words[:: _stride(count)][:_SAMPLE_WORDS].tobytes())
+    # The last word, and the bytes after it when the size is not a multiple of 8.
+    end = memoryview(buffer).cast("B")[(count - 1) * 8 :] if size % 8 else words[count - 1 :]
+    return zlib.crc32(end, digest)
+
+
+def _device_digest(torch: Any, flat: Any, size: int) -> int:
+    """Digest of a contiguous tensor off the CPU: only the sample crosses to the CPU."""
+    raw = flat.reshape(-1).view(torch.uint8)
+    if size <= _SAMPLE_FROM:
+        return _buffer_digest(raw.cpu().numpy(), size)
+    if raw.storage_offset() % 8:
+        # Viewing bytes as int64 needs an aligned start.
+        raw = raw.clone()
+    count = size // 8
+    words = raw[: count * 8].view(torch.int64)
+    sample = words[:: _stride(count)][:_SAMPLE_WORDS].cpu().numpy().tobytes()
+    return zlib.crc32(raw[(count - 1) * 8 :].cpu().numpy(), zlib.crc32(sample))
 
 
 def _tensor_digest(torch: Any, tensor: Any) -> int:
     """A digest of a tensor's logical bytes, read in place when the tensor allows it."""
     try:
         flat = tensor
-        if not flat.is_cpu:
-            flat = flat.detach().cpu()
         if flat.is_conj() or flat.is_neg():
             flat = flat.detach().resolve_conj().resolve_neg()
         if not flat.is_contiguous():
@@ -250,12 +264,14 @@ def _tensor_digest(torch: Any, tensor: Any) -> int:
         size = flat.nbytes
         if size == 0:
             return 0
+        if not flat.is_cpu:
+            return _device_digest(torch, flat.detach(), size)
         if type(flat) is not torch.Tensor and type(flat) is not torch.nn.Parameter:
             # A subclass may not own the memory its pointer names; go through NumPy.
-            return _bytes_digest(flat.detach().reshape(-1).view(torch.uint8).numpy(), size)
+            return _buffer_digest(flat.detach().reshape(-1).view(torch.uint8).numpy(), size)
         # Reading the storage through ctypes avoids building a NumPy view per tensor,
         # which costs more than hashing the small tensors most calls see.
-        return _bytes_digest((ctypes.c_char * size).from_address(flat.data_ptr()), size)
+        return _buffer_digest((ctypes.c_char * size).from_address(flat.data_ptr()), size)
     except (RuntimeError, NotImplementedError, TypeError, ValueError):
         return -1
 
@@ -269,6 +285,17 @@ def _numpy_bytes(value: Any) -> Any | None:
 
 
 _PLAIN = (bool, int, float, complex, str, bytes, type(None))
+_get_ident = threading.get_ident
+
+# torch.nn classes (exactly these, not subclasses) whose output is a fixed elementwise or
+# reshaping function of their input: they cannot be where two runs part, and their output
+# is fingerprinted anyway as the input of the next call. Not recording them (unless called
+# outermost) saves a third of the calls of a typical network.
+_PASS_THROUGH = """
+    CELU ELU GELU GLU Hardshrink Hardsigmoid Hardswish Hardtanh Identity LeakyReLU LogSigmoid
+    Mish ReLU ReLU6 SELU SiLU Sigmoid Softplus Softshrink Softsign Tanh Tanhshrink Threshold
+    Flatten Unflatten
+"""
 
 
 class _Session:
@@ -293,6 +320,9 @@ class _Session:
         self.digests: dict[int, tuple[Any, int, int, int]] = {}
         self.dtype_names: dict[Any, str] = {}
         self.classes: dict[type, tuple[str, str, bool]] = {}
+        nn = torch.nn
+        names = _PASS_THROUGH.split()
+        self.pass_through = frozenset(getattr(nn, name) for name in names if hasattr(nn, name))
 
     def install(self) -> None:
         hooks = self.torch.nn.modules.module
@@ -409,10 +439,12 @@ class _Session:
 
     def enter(self, module: Any, args: tuple[Any, ...]) -> None:
         """Global forward pre-hook: open a call row."""
-        if threading.get_ident() != self.thread:
+        stack = self.stack
+        if stack and type(module) in self.pass_through:
+            return
+        if _get_ident() != self.thread:
             return
         trace = self.trace
-        stack = self.stack
         if stack:
             parent = stack[-1][1]
             qualname = self.table.get(id(module))
@@ -429,13 +461,19 @@ class _Session:
             if self.observer is not None:
                 self.observer.outermost_enter(module, outer)
         index = len(trace.rows)
+        # Inlined common cases (one tensor argument, a class seen before): this runs for
+        # every module call.
+        if len(args) == 1 and type(args[0]) is self.tensor_type:
+            inputs: Fingerprint = (self._leaf(args[0], "0"),)
+        else:
+            inputs = self._fingerprint(args)
         # _LAST holds the row's own index until the call returns, so children can read it.
         row = [
             parent_index,
             outer,
             qualname,
-            self._class_info(module),
-            self._fingerprint(args),
+            self.classes.get(type(module)) or self._class_info(module),
+            inputs,
             self._state(module) if module._buffers or module._parameters else (),
             None,
             False,
@@ -450,7 +488,7 @@ class _Session:
         stack = self.stack
         # A call entered before this block began, or one whose pre-hooks raised before
         # ours ran, is not on the stack: ignore its exit.
-        if not stack or stack[-1][0] is not module or threading.get_ident() != self.thread:
+        if not stack or stack[-1][0] is not module or _get_ident() != self.thread:
             return
         row = stack.pop()[1]
         trace = self.trace
@@ -459,7 +497,10 @@ class _Session:
             kwargs, result = rest
             if kwargs:
                 row[_INPUTS] += self._fingerprint(kwargs)
-            row[_OUTPUTS] = self._fingerprint(result)
+            if type(result) is self.tensor_type:
+                row[_OUTPUTS] = (self._leaf(result, ""),)
+            else:
+                row[_OUTPUTS] = self._fingerprint(result)
         row[_TRAINING] = training = bool(module.training)
         if training and module._buffers:
             # Kernels such as batch_norm update running statistics in training mode without
