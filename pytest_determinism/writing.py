@@ -413,9 +413,10 @@ class GoldenWriter:
     def discard(self) -> None:
         """Drop everything kept and the temporary file, and any folder made for it."""
         self._unmap()
-        self._close_baseline()
+        # The noted leaves map the old file: drop them before closing it.
         self._copied.clear()
         self._big.clear()
+        self._close_baseline()
         handle, temporary = self._handle, self._temporary
         self._handle = self._temporary = None
         if handle is not None:
