@@ -165,6 +165,13 @@ def _open_temporary(path: Path) -> tuple[Path, io.BufferedRandom]:
     return temporary, os.fdopen(fd, "w+b")
 
 
+def _abandon(temporary: Path, handle: io.BufferedRandom) -> None:
+    """Close and delete a temporary file that will not become a golden."""
+    handle.close()
+    with contextlib.suppress(OSError):
+        os.unlink(temporary)
+
+
 def _fsync_folder(folder: Path) -> None:
     # Makes the rename itself durable; folders cannot be opened like this on Windows.
     try:
@@ -232,9 +239,7 @@ def write_golden(path: Path, leaves: Mapping[str, Leaf], metadata: Mapping[str, 
         for _, leaf in ordered:
             handle.write(_bytes_of(leaf).data)
     except BaseException:
-        handle.close()
-        with contextlib.suppress(OSError):
-            os.unlink(temporary)
+        _abandon(temporary, handle)
         raise
     _install(temporary, handle, path)
     return True
@@ -373,9 +378,7 @@ class GoldenWriter:
             for _, leaf in copied:
                 handle.write(_bytes_of(leaf).data)
         except BaseException:
-            handle.close()
-            with contextlib.suppress(OSError):
-                os.unlink(temporary)
+            _abandon(temporary, handle)
             raise
         # Windows cannot replace a file that is still mapped.
         self._close_baseline()
@@ -400,14 +403,10 @@ class GoldenWriter:
                 target.write(memoryview(buffer)[:got])
                 left -= got
         except BaseException:
-            target.close()
-            with contextlib.suppress(OSError):
-                os.unlink(moved)
+            _abandon(moved, target)
             raise
         finally:
-            handle.close()
-            with contextlib.suppress(OSError):
-                os.unlink(temporary)
+            _abandon(temporary, handle)
         return moved, target
 
     def discard(self) -> None:
@@ -419,11 +418,8 @@ class GoldenWriter:
         self._close_baseline()
         handle, temporary = self._handle, self._temporary
         self._handle = self._temporary = None
-        if handle is not None:
-            handle.close()
-        if temporary is not None:
-            with contextlib.suppress(OSError):
-                os.unlink(temporary)
+        if handle is not None and temporary is not None:
+            _abandon(temporary, handle)
         if self._created is not None:
             for folder in (self.path.parent, *self.path.parent.parents):
                 try:

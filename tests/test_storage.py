@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import struct
-import subprocess
-import sys
 import textwrap
 import time
 import warnings
@@ -20,6 +17,7 @@ import safetensors.torch
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from killing import kill_while_writing
 from safetensors import safe_open
 
 from pytest_determinism import __version__
@@ -223,17 +221,7 @@ _WRITER = textwrap.dedent(
 
 def test_killing_a_writer_never_leaves_a_broken_golden(tmp_path: Path) -> None:
     for attempt in range(5):
-        process = subprocess.Popen(
-            [sys.executable, "-c", _WRITER, str(tmp_path)],
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        assert process.stdout is not None
-        assert process.stdout.readline().strip() == "ready"
-        time.sleep(0.05 + 0.03 * attempt)
-        process.send_signal(signal.SIGKILL)
-        process.wait()
-        process.stdout.close()
+        kill_while_writing(_WRITER, tmp_path, attempt)
         goldens = sorted(tmp_path.glob("*.safetensors"))
         assert len(goldens) == 3
         for path in goldens:

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +14,7 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from killing import kill_while_writing
 from safetensors import safe_open
 
 from pytest_determinism import writing
@@ -221,17 +220,7 @@ _KILLED_RECORDER = textwrap.dedent(
 
 def test_killing_a_recording_run_never_leaves_a_broken_golden(tmp_path: Path) -> None:
     for attempt in range(5):
-        process = subprocess.Popen(
-            [sys.executable, "-c", _KILLED_RECORDER, str(tmp_path)],
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        assert process.stdout is not None
-        assert process.stdout.readline().strip() == "ready"
-        time.sleep(0.05 + 0.04 * attempt)
-        process.send_signal(signal.SIGKILL)
-        process.wait()
-        process.stdout.close()
+        kill_while_writing(_KILLED_RECORDER, tmp_path, attempt)
         goldens = sorted(tmp_path.glob("*.safetensors"))
         assert len(goldens) == 3
         for path in goldens:
