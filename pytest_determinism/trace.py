@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import ctypes
 import dataclasses
+import functools
 import sys
 import threading
 import weakref
@@ -217,22 +218,24 @@ _SAMPLE_FROM = 1 << 13
 _SAMPLE_WORDS = 256
 
 
-_numpy: list[Any] = []
-
-
 def _stride(count: int) -> int:
     return count // _SAMPLE_WORDS
+
+
+@functools.cache
+def _words_of() -> Any:
+    """NumPy's ``frombuffer`` as ``(buffer, count) -> uint64 words``, bound once."""
+    import numpy
+
+    return functools.partial(numpy.frombuffer, dtype=numpy.uint64)
 
 
 def _buffer_digest(buffer: Any, size: int) -> int:
     if size <= _SAMPLE_FROM:
         return zlib.crc32(buffer)
-    if not _numpy:
-        import numpy
-
-        _numpy.append(numpy)
     count = size // 8
-    words = _numpy[0].frombuffer(buffer, dtype="uint64", count=count)
+    # NumPy gathers the strided sample in one call; memoryview slicing copies word by word.
+    words = _words_of()(buffer, count=count)
     digest = zlib.crc32(words[:: _stride(count)][:_SAMPLE_WORDS].tobytes())
     # The last word, and the bytes after it when the size is not a multiple of 8.
     end = memoryview(buffer).cast("B")[(count - 1) * 8 :] if size % 8 else words[count - 1 :]
@@ -298,6 +301,12 @@ _PASS_THROUGH = """
 """
 
 
+@functools.cache
+def _pass_through_classes(torch: Any) -> frozenset[type]:
+    nn = torch.nn
+    return frozenset(getattr(nn, name) for name in _PASS_THROUGH.split() if hasattr(nn, name))
+
+
 class _Session:
     """The recording state of one :func:`tracing` block; ``enter`` and ``exit`` are the
     global hooks while it is the innermost block."""
@@ -320,9 +329,7 @@ class _Session:
         self.digests: dict[int, tuple[Any, int, int, int]] = {}
         self.dtype_names: dict[Any, str] = {}
         self.classes: dict[type, tuple[str, str, bool]] = {}
-        nn = torch.nn
-        names = _PASS_THROUGH.split()
-        self.pass_through = frozenset(getattr(nn, name) for name in names if hasattr(nn, name))
+        self.pass_through = _pass_through_classes(torch)
 
     def install(self) -> None:
         hooks = self.torch.nn.modules.module
