@@ -11,8 +11,9 @@ __all__ = [
 
 
 class DeterminismWarning(UserWarning):
-    """Something that makes results depend on chance: a module left in training mode with
-    stochastic layers, ``PYTHONHASHSEED`` unset under ``--determinism``, and the like."""
+    """Something that makes results depend on chance or on the machine: a module left in
+    training mode with stochastic layers, ``PYTHONHASHSEED`` unset under ``--determinism``,
+    golden files that differ only in letter case, and the like."""
 
 
 class NondeterminismError(AssertionError):

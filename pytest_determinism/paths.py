@@ -16,11 +16,13 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
 
 __all__ = [
     "DEFAULT_FOLDER",
     "SUFFIX",
+    "case_clashes",
     "golden_path",
     "golden_root",
     "name_from_nodeid",
@@ -118,3 +120,19 @@ def name_from_nodeid(nodeid: str) -> str:
     ``tests/test_m.py::TestC::test_x[1]`` gives ``TestC.test_x[1]``."""
     parts = nodeid.split("::")
     return ".".join(parts[1:]) if len(parts) > 1 else parts[0]
+
+
+def case_clashes(paths: Mapping[str, Path]) -> list[list[str]]:
+    """Groups of tests (keys, sorted) whose golden files differ only in letter case.
+
+    On a case-insensitive file system (the default on macOS and Windows) such tests share
+    one file and overwrite each other's goldens.
+    """
+    groups: dict[str, dict[str, list[str]]] = {}
+    for test, path in paths.items():
+        groups.setdefault(str(path).casefold(), {}).setdefault(str(path), []).append(test)
+    return sorted(
+        sorted(test for tests in spellings.values() for test in tests)
+        for spellings in groups.values()
+        if len(spellings) > 1
+    )

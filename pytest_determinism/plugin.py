@@ -302,6 +302,30 @@ def pytest_collection_finish(session: pytest.Session) -> None:
         raise pytest.UsageError(
             "pytest-determinism: bad @deterministic arguments:\n  " + "\n  ".join(errors)
         )
+    _warn_about_case_clashes(session.items, plugin_session.options.golden_dir)
+
+
+def _warn_about_case_clashes(items: list[pytest.Item], golden_dir: Path | None) -> None:
+    """Warn about tests whose goldens would be one file where letter case does not count."""
+    from pytest_determinism.paths import case_clashes
+
+    paths = {}
+    for item in items:
+        if "golden_tensor" in getattr(item, "fixturenames", ()):
+            path = _golden_file(Path(str(item.path)), item.nodeid, item.config, golden_dir)
+            if path is not None:
+                paths[item.nodeid] = path
+    by_id = {item.nodeid: item for item in items}
+    for clash in case_clashes(paths):
+        for nodeid in clash:
+            others = ", ".join(other for other in clash if other != nodeid)
+            by_id[nodeid].warn(
+                DeterminismWarning(
+                    f"the golden file of {nodeid} differs only in letter case from that of "
+                    f"{others} ({paths[nodeid].name}): on macOS and Windows they are one "
+                    "file and overwrite each other; rename one of the tests"
+                )
+            )
 
 
 def _invocation_id(item: pytest.Item) -> str:

@@ -275,3 +275,52 @@ def test_ci(golden_tensor):
         ]
     )
     _no_internal_error(drifted)
+
+
+def test_goldens_that_differ_only_in_case_are_warned_about(pytester: pytest.Pytester, run) -> None:
+    pytester.makepyfile(
+        test_case="""
+import pytest
+
+def test_Logits(golden_tensor):
+    golden_tensor.check(1.0)
+
+def test_logits(golden_tensor):
+    golden_tensor.check(2.0)
+
+def test_LOGITS():
+    pass
+
+@pytest.mark.parametrize("size", ["A", "a"])
+def test_sizes(golden_tensor, size):
+    golden_tensor.check(1.0)
+"""
+    )
+    result = run("--update-golden")
+    result.assert_outcomes(passed=5)
+    result.stdout.fnmatch_lines(
+        [
+            "*DeterminismWarning: the golden file of test_case.py::test_Logits differs only in "
+            "letter case from that of test_case.py::test_logits (test_Logits.safetensors)*",
+            "*DeterminismWarning: the golden file of test_case.py::test_logits differs only in "
+            "letter case from that of test_case.py::test_Logits (test_logits.safetensors)*",
+        ]
+    )
+    # test_LOGITS has no golden; the parameter ids are hashed into distinct names.
+    result.stdout.no_fnmatch_line("*test_LOGITS*differs only*")
+    result.stdout.no_fnmatch_line("*test_sizes*differs only*")
+    _no_internal_error(result)
+
+
+def test_case_clashes_groups_only_paths_that_differ_in_case() -> None:
+    from pytest_determinism.paths import case_clashes
+
+    paths = {
+        "a": Path("g/test_X.safetensors"),
+        "b": Path("g/test_x.safetensors"),
+        "c": Path("g/TEST_X.safetensors"),
+        "d": Path("g/test_y.safetensors"),
+        "e": Path("h/test_x.safetensors"),
+    }
+    assert case_clashes(paths) == [["a", "b", "c"]]
+    assert case_clashes({"a": Path("x"), "b": Path("x")}) == []
