@@ -66,6 +66,9 @@ SESSION = pytest.StashKey[PluginSession]()
 SETTINGS = pytest.StashKey[TestSettings]()
 ACTIVE: pytest.StashKey[ActiveTest] = pytest.StashKey()
 GOLDEN: pytest.StashKey[GoldenTensor] = pytest.StashKey()
+# The golden file of a test that uses golden_tensor (None: none can be placed), worked out
+# at collection for the case check and used again by the fixture.
+GOLDEN_FILE: pytest.StashKey[Path | None] = pytest.StashKey()
 CALL_PASSED = pytest.StashKey[bool]()
 RUNNING_BODY = pytest.StashKey[bool]()
 
@@ -313,6 +316,7 @@ def _warn_about_case_clashes(items: list[pytest.Item], golden_dir: Path | None) 
     for item in items:
         if "golden_tensor" in getattr(item, "fixturenames", ()):
             path = _golden_file(Path(str(item.path)), item.nodeid, item.config, golden_dir)
+            item.stash[GOLDEN_FILE] = path
             if path is not None:
                 paths[item.nodeid] = path
     by_id = {item.nodeid: item for item in items}
@@ -489,7 +493,11 @@ def golden_tensor(request: pytest.FixtureRequest) -> Iterator[GoldenTensor]:
     item = request.node
     plugin_session = request.config.stash[SESSION]
     options = plugin_session.options
-    path = _golden_file(Path(str(item.path)), item.nodeid, request.config, options.golden_dir)
+    if GOLDEN_FILE in item.stash:
+        path = item.stash[GOLDEN_FILE]
+    else:
+        # Requested dynamically (request.getfixturevalue): not seen at collection.
+        path = _golden_file(Path(str(item.path)), item.nodeid, request.config, options.golden_dir)
     if path is None:
         pytest.fail(
             f"golden_tensor: no golden file can be placed for {item.nodeid}: it must be a "

@@ -324,3 +324,15 @@ def test_case_clashes_groups_only_paths_that_differ_in_case() -> None:
     }
     assert case_clashes(paths) == [["a", "b", "c"]]
     assert case_clashes({"a": Path("x"), "b": Path("x")}) == []
+
+
+def test_golden_tensor_requested_at_run_time_finds_its_file(pytester: pytest.Pytester, run) -> None:
+    pytester.makepyfile(
+        test_dynamic="""
+def test_late(request):
+    request.getfixturevalue("golden_tensor").check(3.0)
+"""
+    )
+    run("--update-golden").assert_outcomes(passed=1)
+    assert _files(pytester) == ["__golden__/test_dynamic/test_late.safetensors"]
+    run().assert_outcomes(passed=1)
