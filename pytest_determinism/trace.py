@@ -50,7 +50,7 @@ import sys
 import threading
 import weakref
 import zlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -218,28 +218,62 @@ _SAMPLE_FROM = 1 << 13
 _SAMPLE_WORDS = 256
 
 
-def _stride(count: int) -> int:
-    return count // _SAMPLE_WORDS
+def _sample_layout(count: int) -> tuple[int, int]:
+    """Where the sample of ``count`` 64-bit words starts, and its step, both in words.
+
+    The sample ends on the last word, so a change at the very end of a tensor (the last
+    sample of a batch, the last token) is always seen.
+    """
+    step = (count - 1) // (_SAMPLE_WORDS - 1)
+    return count - 1 - (_SAMPLE_WORDS - 1) * step, step
 
 
-@functools.cache
-def _words_of() -> Any:
-    """NumPy's ``frombuffer`` as ``(buffer, count) -> uint64 words``, bound once."""
+#: A buffer's size -> (the ctypes array type of that size, the digest of such a buffer).
+#: Working these out once per size saves most of the cost of a digest, which runs for
+#: almost every module call. Emptied when full: sizes are few in a model, but a test that
+#: grows a cache token by token sees a new one per step.
+_digesters: dict[int, tuple[Any, Callable[[Any], int]]] = {}
+_DIGESTERS_KEPT = 1024
+
+
+def _digester(size: int) -> tuple[Any, Callable[[Any], int]]:
+    entry = _digesters.get(size)
+    if entry is not None:
+        return entry
+    if len(_digesters) >= _DIGESTERS_KEPT:
+        _digesters.clear()
+    entry = _digesters[size] = (ctypes.c_char * size, _make_digest(size))
+    return entry
+
+
+def _make_digest(size: int) -> Callable[[Any], int]:
+    crc32 = zlib.crc32
+    if size <= _SAMPLE_FROM:
+        return crc32
     import numpy
 
-    return functools.partial(numpy.frombuffer, dtype=numpy.uint64)
+    count = size // 8
+    start, step = _sample_layout(count)
+    array, shape, uint64 = numpy.ndarray, (_SAMPLE_WORDS,), numpy.dtype(numpy.uint64)
+    offset, strides = start * 8, (step * 8,)
+    if size % 8 == 0:
+
+        def sampled(buffer: Any) -> int:
+            # A strided view straight on the buffer: NumPy gathers the sample in one call.
+            return crc32(array(shape, uint64, buffer, offset, strides).tobytes())
+
+        return sampled
+    tail = count * 8
+
+    def sampled_with_tail(buffer: Any) -> int:
+        digest = crc32(array(shape, uint64, buffer, offset, strides).tobytes())
+        return crc32(memoryview(buffer).cast("B")[tail:], digest)
+
+    return sampled_with_tail
 
 
 def _buffer_digest(buffer: Any, size: int) -> int:
-    if size <= _SAMPLE_FROM:
-        return zlib.crc32(buffer)
-    count = size // 8
-    # NumPy gathers the strided sample in one call; memoryview slicing copies word by word.
-    words = _words_of()(buffer, count=count)
-    digest = zlib.crc32(words[:: _stride(count)][:_SAMPLE_WORDS].tobytes())
-    # The last word, and the bytes after it when the size is not a multiple of 8.
-    end = memoryview(buffer).cast("B")[(count - 1) * 8 :] if size % 8 else words[count - 1 :]
-    return zlib.crc32(end, digest)
+    return _digester(size)[1](buffer)
 
 
 def _device_digest(torch: Any, flat: Any, size: int) -> int:
@@ -251,14 +285,32 @@ def _device_digest(torch: Any, flat: Any, size: int) -> int:
         # Viewing bytes as int64 needs an aligned start.
         raw = raw.clone()
     count = size // 8
-    words = raw[: count * 8].view(torch.int64)
-    sample = words[:: _stride(count)][:_SAMPLE_WORDS].cpu().numpy().tobytes()
-    return zlib.crc32(raw[(count - 1) * 8 :].cpu().numpy(), zlib.crc32(sample))
+    start, step = _sample_layout(count)
+    sample = raw[: count * 8].view(torch.int64)[start::step].cpu().numpy()
+    digest = zlib.crc32(sample.tobytes())
+    if size % 8:
+        digest = zlib.crc32(raw[count * 8 :].cpu().numpy(), digest)
+    return digest
 
 
 def _tensor_digest(torch: Any, tensor: Any) -> int:
     """A digest of a tensor's logical bytes, read in place when the tensor allows it."""
     try:
+        # The common case first, in as few calls into torch as it takes: this runs for
+        # almost every module call.
+        if (
+            type(tensor) is torch.Tensor
+            and tensor.is_cpu
+            and tensor.is_contiguous()
+            and not tensor.is_neg()
+            and not tensor.is_conj()
+        ):
+            size = tensor.nbytes
+            if not size:
+                return 0
+            # Reading the storage through ctypes avoids building a NumPy view of it.
+            array_type, digest = _digester(size)
+            return digest(array_type.from_address(tensor.data_ptr()))
         flat = tensor
         if flat.is_conj() or flat.is_neg():
             flat = flat.detach().resolve_conj().resolve_neg()
@@ -269,12 +321,9 @@ def _tensor_digest(torch: Any, tensor: Any) -> int:
             return 0
         if not flat.is_cpu:
             return _device_digest(torch, flat.detach(), size)
-        if type(flat) is not torch.Tensor and type(flat) is not torch.nn.Parameter:
-            # A subclass may not own the memory its pointer names; go through NumPy.
-            return _buffer_digest(flat.detach().reshape(-1).view(torch.uint8).numpy(), size)
-        # Reading the storage through ctypes avoids building a NumPy view per tensor,
-        # which costs more than hashing the small tensors most calls see.
-        return _buffer_digest((ctypes.c_char * size).from_address(flat.data_ptr()), size)
+        # The rest (a contiguous copy, a Parameter, a subclass, which may not own the
+        # memory its pointer names) is read through NumPy.
+        return _buffer_digest(flat.detach().reshape(-1).view(torch.uint8).numpy(), size)
     except (RuntimeError, NotImplementedError, TypeError, ValueError):
         return -1
 
@@ -324,9 +373,9 @@ class _Session:
         self.tables: dict[int, dict[int, str]] = {}
         self.rebuilt: set[int] = set()
         self.table: dict[int, str] = {}
-        # id(tensor) -> (weak reference, version, data pointer, digest): the output of one
-        # call is usually the input of the next, and is hashed once.
-        self.digests: dict[int, tuple[Any, int, int, int]] = {}
+        # id(tensor) -> (weak reference, version, data pointer, dtype name, shape, digest):
+        # the output of one call is usually the input of the next, and is hashed once.
+        self.digests: dict[int, tuple[Any, int, int, str, Any, int]] = {}
         self.dtype_names: dict[Any, str] = {}
         self.classes: dict[type, tuple[str, str, bool]] = {}
         self.pass_through = _pass_through_classes(torch)
@@ -344,24 +393,36 @@ class _Session:
         self.handles = []
 
     def _leaf(self, tensor: Any, path: str) -> LeafPrint:
-        dtype = tensor.dtype
-        name = self.dtype_names.get(dtype)
-        if name is None:
-            name = self.dtype_names[dtype] = str(dtype).removeprefix("torch.")
         try:
             version = tensor._version
             pointer = tensor.data_ptr()
         except RuntimeError:
             # Inference tensors have no version counter and some subclasses no storage:
             # their digest cannot be reused safely.
-            return (path, name, tensor.shape, _tensor_digest(self.torch, tensor))
+            return (
+                path,
+                self._dtype_name(tensor),
+                tensor.shape,
+                _tensor_digest(self.torch, tensor),
+            )
         key = id(tensor)
         hit = self.digests.get(key)
         if hit is not None and hit[1] == version and hit[2] == pointer and hit[0]() is tensor:
-            return (path, name, tensor.shape, hit[3])
+            # In-place changes of shape bump the version too, so the shape is reused with
+            # the digest.
+            return (path, hit[3], hit[4], hit[5])
+        name = self._dtype_name(tensor)
+        shape = tensor.shape
         digest = _tensor_digest(self.torch, tensor)
-        self.digests[key] = (weakref.ref(tensor), version, pointer, digest)
-        return (path, name, tensor.shape, digest)
+        self.digests[key] = (weakref.ref(tensor), version, pointer, name, shape, digest)
+        return (path, name, shape, digest)
+
+    def _dtype_name(self, tensor: Any) -> str:
+        dtype = tensor.dtype
+        name = self.dtype_names.get(dtype)
+        if name is None:
+            name = self.dtype_names[dtype] = str(dtype).removeprefix("torch.")
+        return name
 
     def _walk(self, value: Any, path: str, out: list[LeafPrint], depth: int) -> None:
         if isinstance(value, self.tensor_type):

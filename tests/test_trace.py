@@ -376,16 +376,18 @@ def test_large_tensors_are_fingerprinted_by_a_spread_sample(size: int) -> None:
     digest = module._tensor_digest(torch, base)
     assert module._tensor_digest(torch, base.clone()) == digest
     words = size // 8
-    stride = words // module._SAMPLE_WORDS
-    sampled = [k * stride * 8 for k in range(module._SAMPLE_WORDS)]
-    # Every sampled word, the last word and the trailing bytes are seen, bit by bit.
+    start, step = module._sample_layout(words)
+    sampled = [(start + k * step) * 8 for k in range(module._SAMPLE_WORDS)]
+    assert sampled[-1] == (words - 1) * 8
+    # Every sampled word (the last word among them) and the trailing bytes are seen, bit
+    # by bit.
     for position in [*sampled[:: max(1, len(sampled) // 40)], sampled[-1] + 7, size - 1]:
         flipped = base.clone()
         flipped[position] ^= 0x80
         assert module._tensor_digest(torch, flipped) != digest, position
     # A change between sampled words is not: the price of a cost independent of size.
     unsampled = base.clone()
-    unsampled[8] ^= 1
+    unsampled[sampled[0] + 8] ^= 1
     assert module._tensor_digest(torch, unsampled) == digest
     # A change to a few percent of the elements, as dropout or noise makes, is.
     noisy = base.clone()
