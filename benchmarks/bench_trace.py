@@ -9,9 +9,11 @@ and a tiny GPT-style transformer:
 - the ratio of each to the untraced forward, all measured in this same run, interleaved,
   best of many repeats so that other processes on the machine disturb them least;
 - for reference, the forward with two global hooks that do nothing (torch's own cost of
-  calling hooks, the floor of any hook-based tracer) and with the plugin's eval-mode hook
-  alone (what a marked test's forward costs before any tracing), with the traced forward's
-  ratio to the latter;
+  calling hooks, the floor of any hook-based tracer), with a bare-minimum tracer (one
+  sampled digest of each call's output and nothing else: the floor of any hook-based
+  tracer written in Python that can find a diverging module), and with the plugin's
+  eval-mode hook alone (what a marked test's forward costs before any tracing), with the
+  traced forward's ratio to the latter;
 
 then the memory a trace holds per module call for small and for large tensors (it must not
 grow with tensor sizes), and that no global forward hook is left installed.
@@ -29,7 +31,7 @@ import torch
 from torch.nn.modules import module as torch_module
 
 from pytest_determinism.evalmode import EvalModeGuard
-from pytest_determinism.trace import tracing
+from pytest_determinism.trace import _tensor_digest, tracing
 
 GOAL = 1.3
 
@@ -124,6 +126,25 @@ def _nothing(*args: object) -> None:
     return None
 
 
+class BareMinimumTracer:
+    """The least a hook-based tracer that finds a diverging module could do: note each
+    call's module and one digest of its output, nothing else (no names, no inputs, no
+    state, no nesting). Its cost is the floor under any such tracer written in Python."""
+
+    def __init__(self) -> None:
+        self.stack: list[torch.nn.Module] = []
+        self.rows: list[tuple[int, int]] = []
+
+    def enter(self, module: torch.nn.Module, args: object) -> None:
+        self.stack.append(module)
+
+    def exit(self, module: torch.nn.Module, args: object, kwargs: object, result: object) -> None:
+        if self.stack and self.stack[-1] is module:
+            self.stack.pop()
+            if type(result) is torch.Tensor:
+                self.rows.append((id(module), _tensor_digest(torch, result)))
+
+
 def time_model(name: str, model: torch.nn.Module, x: torch.Tensor, repeats: int) -> float:
     """Print the timings of ``model``; return the traced forward's ratio to the untraced."""
     model.eval()
@@ -155,6 +176,18 @@ def time_model(name: str, model: torch.nn.Module, x: torch.Tensor, repeats: int)
             for handle in handles:
                 handle.remove()
 
+    def bare_minimum() -> object:
+        tracer = BareMinimumTracer()
+        handles = [
+            torch_module.register_module_forward_pre_hook(tracer.enter),
+            torch_module.register_module_forward_hook(tracer.exit, with_kwargs=True),
+        ]
+        try:
+            return model(x)
+        finally:
+            for handle in handles:
+                handle.remove()
+
     def eval_mode_hook() -> object:
         guard = EvalModeGuard(strict=False, warn=False)
         guard.install()
@@ -168,6 +201,7 @@ def time_model(name: str, model: torch.nn.Module, x: torch.Tensor, repeats: int)
         "block": one_block_per_forward,
         "steady": one_long_block,
         "idle": idle_hooks,
+        "bare": bare_minimum,
         "eval": eval_mode_hook,
     }
     with torch.no_grad():
@@ -183,7 +217,8 @@ def time_model(name: str, model: torch.nn.Module, x: torch.Tensor, repeats: int)
         f"({block / untraced:4.2f}x)   steady {steady * 1e3:8.3f} ms "
         f"({steady / untraced:4.2f}x)   "
         f"+{(block - untraced) / calls * 1e6:5.1f} us per module call\n"
-        f"  reference: idle hooks {times['idle'] / untraced:4.2f}x, eval-mode hook "
+        f"  reference: idle hooks {times['idle'] / untraced:4.2f}x, bare-minimum tracer "
+        f"{times['bare'] / untraced:4.2f}x, eval-mode hook "
         f"{times['eval'] / untraced:4.2f}x; traced / eval-mode hook {block / times['eval']:4.2f}x"
     )
     return block / untraced

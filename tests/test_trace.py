@@ -408,6 +408,24 @@ def test_tensors_off_the_cpu_get_the_same_digest_from_their_sample(size: int) ->
     assert _device_digest(torch, shifted, size) == digest
 
 
+def test_per_size_digesters_stay_bounded_and_agree_with_fresh_ones(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from pytest_determinism import trace as module
+
+    monkeypatch.setattr(module, "_digesters", {})
+    monkeypatch.setattr(module, "_DIGESTERS_KEPT", 3)
+    generator = torch.Generator().manual_seed(3)
+    tensors = [torch.randn(n, generator=generator) for n in (5, 3000, 4096, 70001, 5, 3000)]
+    first = [module._tensor_digest(torch, tensor) for tensor in tensors]
+    assert len(module._digesters) <= 3
+    # The same sizes again, from a cleared table: the same digests.
+    module._digesters.clear()
+    assert [module._tensor_digest(torch, tensor) for tensor in tensors] == first
+    # Through NumPy (a Parameter) and straight from memory, one digest.
+    assert module._tensor_digest(torch, torch.nn.Parameter(tensors[3])) == first[3]
+
+
 def test_tensor_subclasses_are_hashed_through_numpy() -> None:
     from pytest_determinism.trace import _tensor_digest
 
