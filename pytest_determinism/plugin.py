@@ -305,11 +305,18 @@ def pytest_collection_finish(session: pytest.Session) -> None:
         raise pytest.UsageError(
             "pytest-determinism: bad @deterministic arguments:\n  " + "\n  ".join(errors)
         )
-    _warn_about_case_clashes(session.items, plugin_session.options.golden_dir)
+    # Every pytest-xdist worker collects the same tests: one of them warns for all.
+    warn = getattr(session.config, "workerinput", {}).get("workerid", "gw0") == "gw0"
+    _warn_about_case_clashes(session.items, plugin_session.options.golden_dir, warn=warn)
 
 
-def _warn_about_case_clashes(items: list[pytest.Item], golden_dir: Path | None) -> None:
-    """Warn about tests whose goldens would be one file where letter case does not count."""
+def _warn_about_case_clashes(
+    items: list[pytest.Item], golden_dir: Path | None, *, warn: bool
+) -> None:
+    """Warn about tests whose goldens would be one file where letter case does not count.
+
+    Each test's golden path is stashed on its item for the fixture either way.
+    """
     from pytest_determinism.paths import case_clashes
 
     paths = {}
@@ -319,6 +326,8 @@ def _warn_about_case_clashes(items: list[pytest.Item], golden_dir: Path | None) 
             item.stash[GOLDEN_FILE] = path
             if path is not None:
                 paths[item.nodeid] = path
+    if not warn:
+        return
     by_id = {item.nodeid: item for item in items}
     for clash in case_clashes(paths):
         for nodeid in clash:

@@ -63,3 +63,22 @@ def test_unused_goldens_are_merged_and_a_crash_never_deletes(
     result = run("-n", "2", "--update-golden")
     result.stdout.fnmatch_lines(["golden: 8 passed, 2 unused deleted"])
     assert len(_goldens(pytester)) == 4
+
+
+def test_a_case_clash_is_warned_about_once_not_once_per_worker(
+    pytester: pytest.Pytester, run
+) -> None:
+    pytester.makepyfile(
+        test_case="""
+def test_Logits(golden_tensor):
+    golden_tensor.check(1.0)
+
+def test_logits(golden_tensor):
+    golden_tensor.check(2.0)
+"""
+    )
+    result = run("-n", "2", "--update-golden")
+    result.assert_outcomes(passed=2, warnings=2)
+    output = result.stdout.str()
+    for nodeid in ("test_case.py::test_Logits", "test_case.py::test_logits"):
+        assert output.count(f"the golden file of {nodeid} differs only in letter case") == 1
