@@ -223,7 +223,7 @@ def peak_memory(sampler: Sampler) -> Iterator[dict[str, int]]:
 
 
 def _golden_tensor(path: Path, update: bool) -> Any:
-    from pytest_determinism.golden import GoldenTensor
+    from pytest_determinism.golden.golden_tensor import GoldenTensor
 
     return GoldenTensor(
         path=path,

@@ -33,8 +33,8 @@ from collections.abc import Callable
 import torch
 from torch.nn.modules import module as torch_module
 
-from pytest_determinism.evalmode import EvalModeGuard
-from pytest_determinism.trace import _tensor_digest, tracing
+from pytest_determinism.nondeterminism.trace import _tensor_digest, tracing
+from pytest_determinism.state.evalmode import EvalModeGuard
 
 GOAL = 1.3
 

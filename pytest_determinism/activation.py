@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import dataclasses
 
-from pytest_determinism import context, state
-from pytest_determinism.evalmode import EvalModeGuard
 from pytest_determinism.options import TestSettings
-from pytest_determinism.rng import seed_everything, torch_if_imported
+from pytest_determinism.state import context
+from pytest_determinism.state import snapshot as state
+from pytest_determinism.state.evalmode import EvalModeGuard
+from pytest_determinism.state.rng import seed_everything, torch_if_imported
 
 __all__ = ["ActiveTest"]
 

@@ -15,9 +15,9 @@ import pytest
 
 if TYPE_CHECKING:
     from pytest_determinism.activation import ActiveTest
-    from pytest_determinism.golden import GoldenTensor
-    from pytest_determinism.session import SessionRecord
-    from pytest_determinism.values import Leaf
+    from pytest_determinism.golden.golden_tensor import GoldenTensor
+    from pytest_determinism.golden.values import Leaf
+    from pytest_determinism.record import SessionRecord
 
 __all__ = ["run_ci_mode"]
 
@@ -30,7 +30,7 @@ def run_ci_mode(
     record: SessionRecord,
 ) -> None:
     """Run ``item``'s body ``runs`` times (plus the probe run) and judge the evidence."""
-    from pytest_determinism.engine import check_runs
+    from pytest_determinism.nondeterminism.runs import check_runs
 
     settings = active.settings
 

@@ -16,11 +16,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TextIO
 
-from pytest_determinism.compare import Comparison, Summary, compare, summarize
 from pytest_determinism.errors import GoldenFileError
-from pytest_determinism.report import format_value, mismatch_report
-from pytest_determinism.storage import GoldenFile, read_golden
-from pytest_determinism.tolerances import resolve_tolerance
+from pytest_determinism.golden.compare import Comparison, Summary, compare, summarize
+from pytest_determinism.golden.mismatch import format_value, mismatch_report
+from pytest_determinism.golden.storage import GoldenFile, read_golden
+from pytest_determinism.golden.tolerances import resolve_tolerance
 
 __all__ = ["main"]
 

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import numpy as np
 
 if TYPE_CHECKING:
-    from pytest_determinism.evalmode import EvalModeGuard
+    from pytest_determinism.state.evalmode import EvalModeGuard
 
 __all__ = ["Determinism", "WorkerInitFn"]
 

@@ -1,7 +1,7 @@
 """Assertions usable in any test: ``assert_deterministic`` and ``assert_batch_invariant``.
 
 Neither imports torch at import time; both work on whatever ``fn`` returns, through
-:func:`pytest_determinism.values.flatten` (tensors on any device, NumPy arrays, numbers,
+:func:`pytest_determinism.golden.values.flatten` (tensors on any device, NumPy arrays, numbers,
 nested dicts / lists / tuples, Hugging Face ``ModelOutput``).
 """
 
@@ -13,14 +13,14 @@ from typing import Any
 
 import numpy as np
 
-from pytest_determinism.compare import Comparison, Spot, compare
-from pytest_determinism.context import current_seed, tolerance_overrides
-from pytest_determinism.diagnose import explain_torch_error
-from pytest_determinism.engine import check_runs
 from pytest_determinism.errors import NondeterminismError
-from pytest_determinism.report import format_index, format_value
-from pytest_determinism.tolerances import resolve_tolerance
-from pytest_determinism.values import Leaf, flatten
+from pytest_determinism.golden.compare import Comparison, Spot, compare
+from pytest_determinism.golden.mismatch import format_index, format_value
+from pytest_determinism.golden.tolerances import resolve_tolerance
+from pytest_determinism.golden.values import Leaf, flatten
+from pytest_determinism.nondeterminism.diagnosis import explain_torch_error
+from pytest_determinism.nondeterminism.runs import check_runs
+from pytest_determinism.state.context import current_seed, tolerance_overrides
 
 __all__ = ["assert_batch_invariant", "assert_deterministic"]
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-from pytest_determinism import context
+from pytest_determinism.state import context
 
 __all__ = ["TorchRandom", "set_active"]
 
@@ -43,7 +43,7 @@ class TorchRandom:
         if test_seed is not None:
             # Imported here: the plugin loads this module at configure time, and rng
             # imports NumPy, which an unused plugin must not cost.
-            from pytest_determinism.rng import seed_everything
+            from pytest_determinism.state.rng import seed_everything
 
             seed_everything(test_seed)
             return

@@ -16,7 +16,6 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from pytest_determinism import context
 from pytest_determinism.errors import DeterminismWarning, StochasticModuleError
 from pytest_determinism.options import (
     OptionError,
@@ -26,14 +25,15 @@ from pytest_determinism.options import (
     parse_seed,
     settings_from_markers,
 )
-from pytest_determinism.session import SessionRecord
+from pytest_determinism.record import SessionRecord
+from pytest_determinism.state import context
 from pytest_determinism.xdist_hooks import WORKER_OUTPUT_KEY
 
 if TYPE_CHECKING:
     from pytest_determinism.activation import ActiveTest
     from pytest_determinism.fixture import Determinism
-    from pytest_determinism.golden import GoldenTensor
-    from pytest_determinism.tolerances import Tolerance
+    from pytest_determinism.golden.golden_tensor import GoldenTensor
+    from pytest_determinism.golden.tolerances import Tolerance
 
 MARKER = "deterministic"
 MARKER_HELP = (
@@ -198,7 +198,7 @@ def pytest_configure(config: pytest.Config) -> None:
 def _tolerances(lines: list[str]) -> dict[str, Tolerance]:
     if not lines:
         return {}
-    from pytest_determinism.tolerances import parse_tolerances
+    from pytest_determinism.golden.tolerances import parse_tolerances
 
     try:
         return parse_tolerances(lines)
@@ -317,7 +317,7 @@ def _warn_about_case_clashes(
 
     Each test's golden path is stashed on its item for the fixture either way.
     """
-    from pytest_determinism.paths import case_clashes
+    from pytest_determinism.golden.paths import case_clashes
 
     paths = {}
     for item in items:
@@ -351,7 +351,7 @@ def _invocation_id(item: pytest.Item) -> str:
 def _golden_file(
     test_file: Path, nodeid: str, config: pytest.Config, golden_dir: Path | None
 ) -> Path | None:
-    from pytest_determinism.paths import golden_path
+    from pytest_determinism.golden.paths import golden_path
 
     try:
         return golden_path(
@@ -411,7 +411,7 @@ def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
         # Raised from the forward pre-hook; torch's and the hook's frames say nothing.
         explained = str(exc) + _location_in(exc, pyfuncitem)
     except RuntimeError as exc:
-        from pytest_determinism.diagnose import explain_torch_error
+        from pytest_determinism.nondeterminism.diagnosis import explain_torch_error
 
         explained = explain_torch_error(exc)
         if explained is None:
@@ -497,7 +497,7 @@ def determinism(request: pytest.FixtureRequest) -> Determinism:
 @pytest.fixture
 def golden_tensor(request: pytest.FixtureRequest) -> Iterator[GoldenTensor]:
     """Compare outputs with goldens stored in safetensors files (``--update-golden`` records)."""
-    from pytest_determinism.golden import GoldenTensor
+    from pytest_determinism.golden.golden_tensor import GoldenTensor
 
     item = request.node
     plugin_session = request.config.stash[SESSION]
@@ -514,7 +514,7 @@ def golden_tensor(request: pytest.FixtureRequest) -> Iterator[GoldenTensor]:
             "links in the test's folder and the ini option golden_dir)",
             pytrace=False,
         )
-    from pytest_determinism.paths import golden_root
+    from pytest_determinism.golden.paths import golden_root
 
     golden = GoldenTensor(
         path=path,
@@ -582,7 +582,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
             path.unlink(missing_ok=True)
             plugin_session.deleted.append(path)
     if plugin_session.options.report_path is not None:
-        from pytest_determinism.ci_report import build_report, write_report
+        from pytest_determinism.json_report import build_report, write_report
 
         write_report(
             plugin_session.options.report_path,

@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from pytest_determinism import NondeterminismError, assert_deterministic
-from pytest_determinism.context import set_current_seed
-from pytest_determinism.engine import check_runs
-from pytest_determinism.rng import capture_rng
-from pytest_determinism.values import flatten
+from pytest_determinism.golden.values import flatten
+from pytest_determinism.nondeterminism.runs import check_runs
+from pytest_determinism.state.context import set_current_seed
+from pytest_determinism.state.rng import capture_rng
 
 X = torch.arange(24, dtype=torch.float32).reshape(3, 8) / 24
 

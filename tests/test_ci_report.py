@@ -8,7 +8,7 @@ import xml.etree.ElementTree as ET
 import jsonschema
 import pytest
 
-from pytest_determinism.ci_report import SCHEMA_PATH
+from pytest_determinism.json_report import SCHEMA_PATH
 
 SUITE = """
 import numpy as np

@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from pytest_determinism.cli import main
-from pytest_determinism.values import flatten
-from pytest_determinism.writing import write_golden
+from pytest_determinism.golden.values import flatten
+from pytest_determinism.golden.writing import write_golden
 
 
 def _write(path: Path, value: object, **metadata: str) -> Path:

@@ -12,11 +12,11 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pytest_determinism.compare import Comparison, _table, compare, decode, summarize
-from pytest_determinism.storage import read_golden
-from pytest_determinism.tolerances import EXACT, Tolerance, resolve_tolerance
-from pytest_determinism.values import DTYPES, EXACT_KINDS, Leaf, flatten
-from pytest_determinism.writing import write_golden
+from pytest_determinism.golden.compare import Comparison, _table, compare, decode, summarize
+from pytest_determinism.golden.storage import read_golden
+from pytest_determinism.golden.tolerances import EXACT, Tolerance, resolve_tolerance
+from pytest_determinism.golden.values import DTYPES, EXACT_KINDS, Leaf, flatten
+from pytest_determinism.golden.writing import write_golden
 
 _FLOAT8 = ["float8_e4m3fn", "float8_e4m3fnuz", "float8_e5m2", "float8_e5m2fnuz", "float8_e8m0fnu"]
 

@@ -7,11 +7,11 @@ from collections.abc import Callable
 import pytest
 import torch
 
-from pytest_determinism import diagnose as d
-from pytest_determinism.diagnose import Diagnosis, diagnose, explain_torch_error
-from pytest_determinism.probe import SeedProbe
-from pytest_determinism.rng import seed_everything
-from pytest_determinism.trace import Trace, tracing
+from pytest_determinism.nondeterminism import diagnosis as d
+from pytest_determinism.nondeterminism.diagnosis import Diagnosis, diagnose, explain_torch_error
+from pytest_determinism.nondeterminism.probe import SeedProbe
+from pytest_determinism.nondeterminism.trace import Trace, tracing
+from pytest_determinism.state.rng import seed_everything
 
 
 def two_runs(run: Callable[[int], object], kind: str, seed: int = 0) -> tuple[Trace, Trace]:

@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 import torch
 
-from pytest_determinism import diagnose as d
-from pytest_determinism.engine import Verdict, check_runs
-from pytest_determinism.evalmode import EvalModeGuard
-from pytest_determinism.rng import capture_rng
-from pytest_determinism.values import Leaf, flatten
+from pytest_determinism.golden.values import Leaf, flatten
+from pytest_determinism.nondeterminism import diagnosis as d
+from pytest_determinism.nondeterminism.runs import Verdict, check_runs
+from pytest_determinism.state.evalmode import EvalModeGuard
+from pytest_determinism.state.rng import capture_rng
 
 X = torch.arange(32, dtype=torch.float32).reshape(4, 8) / 32
 
@@ -347,8 +347,8 @@ def test_without_torch_only_the_evidence_is_compared() -> None:
         """
         import sys
         import numpy as np
-        from pytest_determinism.engine import check_runs
-        from pytest_determinism.values import flatten
+        from pytest_determinism.nondeterminism.runs import check_runs
+        from pytest_determinism.golden.values import flatten
 
         ok = check_runs(lambda i: flatten(np.random.rand(3)), runs=2, seed=0, stochastic=False)
         unseeded = np.random.default_rng()

@@ -15,9 +15,9 @@ import safetensors.torch
 import torch
 
 from pytest_determinism.errors import GoldenFileError
-from pytest_determinism.golden import GoldenTensor
-from pytest_determinism.storage import read_golden
-from pytest_determinism.tolerances import Tolerance
+from pytest_determinism.golden.golden_tensor import GoldenTensor
+from pytest_determinism.golden.storage import read_golden
+from pytest_determinism.golden.tolerances import Tolerance
 
 NODEID = "tests/test_m.py::test_x[a]"
 
@@ -329,7 +329,7 @@ def test_numpy_only_use_never_imports_torch(tmp_path: Path) -> None:
         import sys
         from pathlib import Path
         import numpy as np
-        from pytest_determinism.golden import GoldenTensor
+        from pytest_determinism.golden.golden_tensor import GoldenTensor
 
         path = Path({str(tmp_path)!r}) / "g" / "m" / "t.safetensors"
         for update in (True, False):

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from pytest_determinism.storage import read_golden
+from pytest_determinism.golden.storage import read_golden
 
 _MODEL = """
 import numpy as np
@@ -313,7 +313,7 @@ def test_sizes(golden_tensor, size):
 
 
 def test_case_clashes_groups_only_paths_that_differ_in_case() -> None:
-    from pytest_determinism.paths import case_clashes
+    from pytest_determinism.golden.paths import case_clashes
 
     paths = {
         "a": Path("g/test_X.safetensors"),

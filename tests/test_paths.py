@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pytest_determinism.paths import golden_path, golden_root, name_from_nodeid, sanitize
+from pytest_determinism.golden.paths import golden_path, golden_root, name_from_nodeid, sanitize
 
 _SAFE = re.compile(r"[A-Za-z0-9_.-]+")
 

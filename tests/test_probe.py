@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from pytest_determinism.probe import SeedProbe, probe_seed
-from pytest_determinism.rng import capture_rng, seed_everything
-from pytest_determinism.trace import tracing
+from pytest_determinism.nondeterminism.probe import SeedProbe, probe_seed
+from pytest_determinism.nondeterminism.trace import tracing
+from pytest_determinism.state.rng import capture_rng, seed_everything
 
 
 class Draws(torch.nn.Module):

@@ -8,16 +8,16 @@ import numpy as np
 import pytest
 import torch
 
-from pytest_determinism.compare import compare
-from pytest_determinism.report import (
+from pytest_determinism.golden.compare import compare
+from pytest_determinism.golden.mismatch import (
     environment_changes,
     format_index,
     format_value,
     mismatch_report,
     update_command,
 )
-from pytest_determinism.tolerances import EXACT, resolve_tolerance
-from pytest_determinism.values import flatten
+from pytest_determinism.golden.tolerances import EXACT, resolve_tolerance
+from pytest_determinism.golden.values import flatten
 
 
 def _leaf(value: object):

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pytest_determinism import state
+from pytest_determinism.state import snapshot as state
 
 # Each body disturbs global state the way real tests do; marked tests must undo all of it.
 DISTURBANCES = {
@@ -45,7 +45,7 @@ TESTS = st.lists(
 
 CONFTEST = """
 import pytest
-from pytest_determinism import state
+from pytest_determinism.state import snapshot as state
 
 def pytest_configure(config):
     config.snapshot_errors = []

@@ -22,14 +22,14 @@ from safetensors import safe_open
 
 from pytest_determinism import __version__
 from pytest_determinism.errors import GoldenFileError
-from pytest_determinism.storage import (
+from pytest_determinism.golden.storage import (
     FORMAT,
     GoldenFormatError,
     environment_metadata,
     read_golden,
 )
-from pytest_determinism.values import DTYPES, Leaf, bits_equal, flatten
-from pytest_determinism.writing import write_golden
+from pytest_determinism.golden.values import DTYPES, Leaf, bits_equal, flatten
+from pytest_determinism.golden.writing import write_golden
 
 _NATIVE_NUMPY = ["bool", "uint8", "int8", "int16", "uint16", "int32", "uint32", "int64"]
 _NATIVE_NUMPY += ["uint64", "float16", "float32", "float64", "complex64"]
@@ -200,8 +200,8 @@ _WRITER = textwrap.dedent(
     import sys
     from pathlib import Path
     import numpy as np
-    from pytest_determinism.writing import write_golden
-    from pytest_determinism.values import Leaf
+    from pytest_determinism.golden.writing import write_golden
+    from pytest_determinism.golden.values import Leaf
 
     folder = Path(sys.argv[1])
     contents = [np.full(1 << 21, value, dtype=np.float32) for value in (1.0, 2.0)]

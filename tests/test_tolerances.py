@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pytest_determinism.tolerances import (
+from pytest_determinism.golden.tolerances import (
     EXACT,
     Tolerance,
     canonical_dtype,

@@ -12,8 +12,8 @@ import pytest
 import torch
 from torch.nn.modules import module as torch_module
 
-from pytest_determinism.evalmode import EvalModeGuard
-from pytest_determinism.trace import describe_fingerprint, tracing
+from pytest_determinism.nondeterminism.trace import describe_fingerprint, tracing
+from pytest_determinism.state.evalmode import EvalModeGuard
 
 
 class Block(torch.nn.Module):
@@ -351,7 +351,7 @@ def test_nan_arguments_and_dataclass_outputs() -> None:
 
 @pytest.mark.parametrize("size", [7, 4096, 1 << 13])
 def test_small_tensors_are_hashed_whole(size: int) -> None:
-    from pytest_determinism.trace import _tensor_digest
+    from pytest_determinism.nondeterminism.trace import _tensor_digest
 
     base = torch.randint(0, 256, (size,), dtype=torch.uint8, generator=torch.Generator())
     base[0], base[-1] = 1, 2
@@ -370,7 +370,7 @@ def test_small_tensors_are_hashed_whole(size: int) -> None:
 
 @pytest.mark.parametrize("size", [(1 << 13) + 1, (1 << 14) + 3, 1 << 16, (1 << 20) + 5])
 def test_large_tensors_are_fingerprinted_by_a_spread_sample(size: int) -> None:
-    from pytest_determinism import trace as module
+    from pytest_determinism.nondeterminism import trace as module
 
     base = torch.randint(0, 256, (size,), dtype=torch.uint8, generator=torch.Generator())
     digest = module._tensor_digest(torch, base)
@@ -397,7 +397,7 @@ def test_large_tensors_are_fingerprinted_by_a_spread_sample(size: int) -> None:
 
 @pytest.mark.parametrize("size", [7, 1 << 13, (1 << 14) + 3, (1 << 20) + 5])
 def test_tensors_off_the_cpu_get_the_same_digest_from_their_sample(size: int) -> None:
-    from pytest_determinism.trace import _device_digest, _tensor_digest
+    from pytest_determinism.nondeterminism.trace import _device_digest, _tensor_digest
 
     # The device path runs on CPU tensors too; only the sample would cross to the host.
     base = torch.randint(0, 256, (size,), dtype=torch.uint8, generator=torch.Generator())
@@ -411,7 +411,7 @@ def test_tensors_off_the_cpu_get_the_same_digest_from_their_sample(size: int) ->
 def test_per_size_digesters_stay_bounded_and_agree_with_fresh_ones(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from pytest_determinism import trace as module
+    from pytest_determinism.nondeterminism import trace as module
 
     monkeypatch.setattr(module, "_digesters", {})
     monkeypatch.setattr(module, "_DIGESTERS_KEPT", 3)
@@ -427,7 +427,7 @@ def test_per_size_digesters_stay_bounded_and_agree_with_fresh_ones(
 
 
 def test_tensor_subclasses_are_hashed_through_numpy() -> None:
-    from pytest_determinism.trace import _tensor_digest
+    from pytest_determinism.nondeterminism.trace import _tensor_digest
 
     class Tagged(torch.Tensor):
         pass

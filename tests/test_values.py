@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from pytest_determinism.values import DTYPES, Leaf, bits_equal, bytes_equal, flatten
+from pytest_determinism.golden.values import DTYPES, Leaf, bits_equal, bytes_equal, flatten
 
 
 def _sample(dtype_name: str) -> torch.Tensor:
@@ -272,8 +272,9 @@ def test_cuda_tensors_are_copied_with_their_device_named() -> None:
 def test_importing_the_engine_imports_neither_torch_nor_hypothesis() -> None:
     code = (
         "import sys\n"
-        "import pytest_determinism.values, pytest_determinism.golden, pytest_determinism.cli\n"
-        "import pytest_determinism.storage, pytest_determinism.compare\n"
+        "import pytest_determinism.golden.values, pytest_determinism.golden.golden_tensor\n"
+        "import pytest_determinism.cli\n"
+        "import pytest_determinism.golden.storage, pytest_determinism.golden.compare\n"
         "print(sorted(m for m in ('torch', 'hypothesis') if m in sys.modules))\n"
     )
     out = subprocess.run(

@@ -17,12 +17,12 @@ from hypothesis import strategies as st
 from killing import kill_while_writing
 from safetensors import safe_open
 
-from pytest_determinism import writing
 from pytest_determinism.errors import GoldenFileError
-from pytest_determinism.golden import GoldenTensor
-from pytest_determinism.storage import read_golden
-from pytest_determinism.values import DTYPES, Leaf, bits_equal, flatten
-from pytest_determinism.writing import STREAM_BYTES, GoldenWriter
+from pytest_determinism.golden import writing
+from pytest_determinism.golden.golden_tensor import GoldenTensor
+from pytest_determinism.golden.storage import read_golden
+from pytest_determinism.golden.values import DTYPES, Leaf, bits_equal, flatten
+from pytest_determinism.golden.writing import STREAM_BYTES, GoldenWriter
 
 BIG = STREAM_BYTES // 4  # float32 elements in one streamed leaf
 
@@ -198,7 +198,7 @@ _KILLED_RECORDER = textwrap.dedent(
     import sys
     from pathlib import Path
     import torch
-    from pytest_determinism.golden import GoldenTensor
+    from pytest_determinism.golden.golden_tensor import GoldenTensor
 
     folder = Path(sys.argv[1])
     values = [torch.full((1 << 21,), v) for v in (1.0, 2.0)]

@@ -3,7 +3,7 @@
 Reading never trusts the file: the header is parsed and checked here (length, JSON, every
 dtype, shape and offset, full coverage of the data) before any tensor is touched, and the
 data is memory-mapped, so a corrupt or hostile file can neither allocate much memory nor
-run code. Nothing is ever unpickled. Writing lives in :mod:`pytest_determinism.writing`.
+run code. Nothing is ever unpickled. Writing lives in :mod:`pytest_determinism.golden.writing`.
 
 Dtypes without a safetensors code are stored through a lossless view, recorded in the
 metadata under ``views``: ``complex128`` and ``complex32`` as float pairs (an extra last
@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from pytest_determinism.errors import GoldenFileError
-from pytest_determinism.values import DTYPES, Leaf
+from pytest_determinism.golden.values import DTYPES, Leaf
 
 __all__ = [
     "CODES",

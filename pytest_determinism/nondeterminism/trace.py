@@ -55,8 +55,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from pytest_determinism.evalmode import is_stochastic
-from pytest_determinism.state import TorchFlags, capture_torch_flags
+from pytest_determinism.state.evalmode import is_stochastic
+from pytest_determinism.state.snapshot import TorchFlags, capture_torch_flags
 
 __all__ = [
     "CallRecord",

@@ -2,7 +2,7 @@
 
 One object per test, one golden file per test. ``check`` flattens a value into leaves and
 either compares them with the file (streaming, memory-mapped) or, under
-``--update-golden``, hands them to a :class:`~pytest_determinism.writing.GoldenWriter`
+``--update-golden``, hands them to a :class:`~pytest_determinism.golden.writing.GoldenWriter`
 (big ones go to a temporary file at once), installed when the test has passed. In the CI mode
 the plugin calls ``start_run`` before each run of the body: run 0 behaves as above, later
 runs only capture what was checked, and ``evidence`` hands each run's leaves to the
@@ -17,18 +17,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pytest_determinism.compare import Comparison, compare
 from pytest_determinism.errors import GoldenFileError
-from pytest_determinism.report import mismatch_report, update_command
-from pytest_determinism.storage import (
+from pytest_determinism.golden.compare import Comparison, compare
+from pytest_determinism.golden.mismatch import mismatch_report, update_command
+from pytest_determinism.golden.storage import (
     GoldenFile,
     GoldenFormatError,
     environment_metadata,
     read_golden,
 )
-from pytest_determinism.tolerances import Tolerance, resolve_tolerance
-from pytest_determinism.values import Leaf, bits_equal, flatten
-from pytest_determinism.writing import GoldenWriter
+from pytest_determinism.golden.tolerances import Tolerance, resolve_tolerance
+from pytest_determinism.golden.values import Leaf, bits_equal, flatten
+from pytest_determinism.golden.writing import GoldenWriter
 
 __all__ = ["CHECKS_KEY", "GoldenResult", "GoldenTensor"]
 

@@ -3,8 +3,9 @@
 :func:`check_runs` is the engine behind ``--determinism`` and ``assert_deterministic``. It
 knows nothing of pytest: it calls ``run_once(i)``, which returns the evidence of run ``i``
 (``{key: Leaf}``), and compares the evidence of every run with run 0's, bit for bit. Each
-run is traced (:mod:`pytest_determinism.trace`), so a difference comes with a report naming
-the first torch module whose output diverged (:mod:`pytest_determinism.diagnose`).
+run is traced (:mod:`pytest_determinism.nondeterminism.trace`), so a difference comes with
+a report naming the first torch module whose output diverged
+(:mod:`pytest_determinism.nondeterminism.diagnosis`).
 
 torch modules are traced and probed only when torch was imported before the check began,
 as it is when the test module imports it; otherwise only the evidence is compared.
@@ -22,16 +23,21 @@ from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from pytest_determinism.compare import Spot, compare
-from pytest_determinism.report import format_index, format_value
-from pytest_determinism.rng import capture_rng, restore_rng, seed_everything, torch_if_imported
-from pytest_determinism.tolerances import EXACT
-from pytest_determinism.trace import Trace, tracing
-from pytest_determinism.values import Leaf, bits_equal
+from pytest_determinism.golden.compare import Spot, compare
+from pytest_determinism.golden.mismatch import format_index, format_value
+from pytest_determinism.golden.tolerances import EXACT
+from pytest_determinism.golden.values import Leaf, bits_equal
+from pytest_determinism.nondeterminism.trace import Trace, tracing
+from pytest_determinism.state.rng import (
+    capture_rng,
+    restore_rng,
+    seed_everything,
+    torch_if_imported,
+)
 
 if TYPE_CHECKING:
-    from pytest_determinism.diagnose import Diagnosis
-    from pytest_determinism.probe import SeedProbe
+    from pytest_determinism.nondeterminism.diagnosis import Diagnosis
+    from pytest_determinism.nondeterminism.probe import SeedProbe
 
 __all__ = ["KeyDifference", "Verdict", "check_runs"]
 
@@ -195,7 +201,7 @@ def _same(a: _Run, b: _Run) -> bool:
 
 
 def _explained_error(error: BaseException | None) -> str:
-    from pytest_determinism.diagnose import explain_torch_error
+    from pytest_determinism.nondeterminism.diagnosis import explain_torch_error
 
     if error is None:
         return "returned normally"
@@ -253,7 +259,7 @@ def _failure(
     made: list[_Run],
     mismatch: str | None = None,
 ) -> Verdict:
-    from pytest_determinism.diagnose import diagnose
+    from pytest_determinism.nondeterminism.diagnosis import diagnose
 
     first, other = made[0], made[-1]
     name = f"run {index}" if kind == REPEAT else "the probe run"
@@ -301,7 +307,7 @@ def check_runs(
     traced = torch_if_imported() is not None
     probe = None
     if traced and not stochastic:
-        from pytest_determinism.probe import SeedProbe
+        from pytest_determinism.nondeterminism.probe import SeedProbe
 
         probe = SeedProbe(seed)
     saved = capture_rng()

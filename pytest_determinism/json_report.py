@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from pytest_determinism.options import SessionOptions
-from pytest_determinism.session import SessionRecord
+from pytest_determinism.record import SessionRecord
 
 __all__ = ["SCHEMA_PATH", "SCHEMA_VERSION", "build_report", "write_report"]
 

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from pytest_determinism.rng import RngState, capture_rng, restore_rng, torch_if_imported
+from pytest_determinism.state.rng import RngState, capture_rng, restore_rng, torch_if_imported
 
 __all__ = [
     "GlobalState",

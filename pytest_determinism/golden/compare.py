@@ -28,8 +28,8 @@ from typing import Any
 
 import numpy as np
 
-from pytest_determinism.tolerances import Tolerance
-from pytest_determinism.values import DTYPES, EXACT_KINDS, Leaf, raw_view
+from pytest_determinism.golden.tolerances import Tolerance
+from pytest_determinism.golden.values import DTYPES, EXACT_KINDS, Leaf, raw_view
 
 __all__ = [
     "CHUNK_BYTES",

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from pytest_determinism.tolerances import Tolerance
+    from pytest_determinism.golden.tolerances import Tolerance
 
 __all__ = ["current_seed", "set_current_seed", "set_tolerance_overrides", "tolerance_overrides"]
 

@@ -1,7 +1,7 @@
 """Why two runs differ: the first diverging module call, the likely cause and the fix.
 
-:func:`diagnose` lines up two :class:`~pytest_determinism.trace.Trace` objects call by
-call and finds the first module call, in the order calls returned, whose output
+:func:`diagnose` lines up two :class:`~pytest_determinism.nondeterminism.trace.Trace`
+objects call by call and finds the first module call, in the order calls returned, whose output
 fingerprint differs: the innermost culprit comes before the modules enclosing it. Then:
 
 - its inputs were identical: the module itself made the difference. A changed buffer or
@@ -25,8 +25,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from pytest_determinism.state import TorchFlags
-    from pytest_determinism.trace import CallRecord, Fingerprint, Trace
+    from pytest_determinism.nondeterminism.trace import CallRecord, Fingerprint, Trace
+    from pytest_determinism.state.snapshot import TorchFlags
 
 __all__ = [
     "BEFORE_MODEL",

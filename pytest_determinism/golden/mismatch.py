@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pytest_determinism.compare import Comparison, Spot
-from pytest_determinism.values import DTYPES
+from pytest_determinism.golden.compare import Comparison, Spot
+from pytest_determinism.golden.values import DTYPES
 
 __all__ = [
     "ENVIRONMENT_KEYS",

@@ -1,0 +1,1 @@
+"""Golden files and comparing values; knows nothing of pytest. Modules import NumPy."""

@@ -1,0 +1,1 @@
+"""The process-global state a marked test changes and puts back; knows nothing of pytest."""
