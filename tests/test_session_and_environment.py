@@ -153,6 +153,53 @@ def test_record_command_runs_from_where_pytest_was_started(
     assert golden.stat().st_mode & 0o111 == 0, "goldens are data, not executables"
 
 
+def test_every_record_command_runs_from_a_subfolder(
+    pytester: pytest.Pytester, run, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The command printed for a mismatch, a missing check name and the CI mode's deferred
+    # mismatch must name the test relative to where pytest was started, not the rootdir.
+    pytester.makeini("[pytest]\n")
+    sub = pytester.mkdir("models")
+    (sub / "test_logits.py").write_text(
+        "import os\n"
+        "import numpy as np\n"
+        "import pytest\n\n"
+        "def test_y(golden_tensor):\n"
+        "    golden_tensor.check(np.full(2, float(os.environ.get('VALUE', '1'))))\n\n"
+        "@pytest.mark.deterministic\n"
+        "def test_z(golden_tensor):\n"
+        "    golden_tensor.check(np.full(2, float(os.environ.get('VALUE', '1'))))\n"
+        "    if os.environ.get('MORE'):\n"
+        "        golden_tensor.check(np.ones(1), name='more')\n"
+    )
+    monkeypatch.chdir(sub)
+    run("--update-golden").assert_outcomes(passed=2)
+    monkeypatch.setenv("VALUE", "2")
+    result = run()
+    result.assert_outcomes(failed=2)
+    result.stdout.fnmatch_lines(
+        ["*to accept the new values: pytest --update-golden 'test_logits.py::test_y'"]
+    )
+    result.stdout.no_fnmatch_line("*--update-golden 'models/*")
+    result = run("--determinism")
+    result.assert_outcomes(failed=2)
+    result.stdout.fnmatch_lines(
+        ["*to accept the new values: pytest --update-golden 'test_logits.py::test_z'"]
+    )
+    result.stdout.no_fnmatch_line("*--update-golden 'models/*")
+    monkeypatch.setenv("VALUE", "1")
+    monkeypatch.setenv("MORE", "1")
+    result = run("--determinism", "test_logits.py::test_z")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*has nothing recorded for check 'more'*",
+            "*pytest --update-golden 'test_logits.py::test_z'",
+        ]
+    )
+    result.stdout.no_fnmatch_line("*--update-golden 'models/*")
+
+
 def test_strict_mode_failure_has_no_traceback_from_torch_or_the_plugin(
     pytester: pytest.Pytester, run
 ) -> None:

@@ -346,7 +346,7 @@ class GoldenTensor:
             extra=extra,
             recorded=golden.metadata,
             current=current,
-            nodeid=self.test_id,
+            nodeid=self.command_id,
         )
 
     # -- the end of the test ---------------------------------------------------------
