@@ -1,14 +1,14 @@
 """pytest-determinism: catch nondeterminism and numerical regressions in ML model tests.
 
-Importing this package is cheap: torch and hypothesis are imported only when a test needs
-them, so the helpers below are resolved lazily.
+Importing this package is cheap and has no side effects: torch and hypothesis are imported
+only when a test needs them, and the marker alias is built on first use, so a package that
+imports this one (hypothesis loads our entry point whenever it is imported) touches no
+marker while the plugin is disabled.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
-
-import pytest
 
 from pytest_determinism.errors import (
     DeterminismWarning,
@@ -18,9 +18,6 @@ from pytest_determinism.errors import (
 )
 
 __version__ = "0.1.0"
-
-#: ``@deterministic`` / ``@deterministic(seed=7, eval_mode="strict")``: the marker, importable.
-deterministic = pytest.mark.deterministic
 
 __all__ = [
     "DeterminismWarning",
@@ -34,10 +31,21 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
+    import pytest
+
     from pytest_determinism.helpers import assert_batch_invariant, assert_deterministic
+
+    #: ``@deterministic`` / ``@deterministic(seed=7, eval_mode="strict")``: the marker.
+    deterministic: pytest.MarkDecorator
 
 
 def __getattr__(name: str) -> Any:
+    if name == "deterministic":
+        # Evaluating pytest.mark.deterministic checks it against the registered markers,
+        # so it happens only when a test module asks for the alias.
+        import pytest
+
+        return pytest.mark.deterministic
     # The helpers pull in torch; resolve them on first use only.
     if name in ("assert_deterministic", "assert_batch_invariant"):
         from pytest_determinism import helpers

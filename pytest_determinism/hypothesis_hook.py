@@ -9,7 +9,9 @@ Before every example hypothesis seeds each registered RNG. Ours answers with the
 test's seed (and reseeds ``random`` and NumPy with it, which hypothesis set to its own
 seed just before), so every example starts exactly where the test body would; outside a
 marked test it seeds torch with hypothesis's seed, so examples are still reproducible.
-It does nothing while the plugin is not active in a pytest session.
+Nothing is registered while the plugin is not active in a pytest session: with
+``-p no:determinism`` hypothesis still runs the entry point, which then leaves no trace.
+Whichever comes second, hypothesis's import or the plugin's configure, registers.
 """
 
 from __future__ import annotations
@@ -26,10 +28,16 @@ __all__ = ["TorchRandom", "set_active"]
 _active = 0
 
 
+_registered = False
+
+
 def set_active(active: bool) -> None:
-    """Turn the registered object on while a pytest session runs with the plugin."""
+    """Turn the registered object on while a pytest session runs with the plugin; register
+    it with hypothesis if hypothesis was imported before the plugin was configured."""
     global _active
     _active = max(0, _active + (1 if active else -1))
+    if _active and "hypothesis" in sys.modules:
+        _register()
 
 
 class TorchRandom:
@@ -69,7 +77,16 @@ _TORCH_RANDOM = TorchRandom()
 
 
 def _hypothesis_setup_hook() -> None:
-    """Entry point hypothesis runs when it is imported."""
+    """Entry point hypothesis runs when it is imported: register, if the plugin is active."""
+    if _active:
+        _register()
+
+
+def _register() -> None:
+    global _registered
+    if _registered:
+        return
+    _registered = True
     import hypothesis
 
     try:

@@ -71,3 +71,47 @@ def test_state_unchanged_by_hypothesis():
 """
     )
     run().assert_outcomes(passed=2)
+
+
+@pytest.mark.parametrize(
+    "strictness", [("--strict-markers",), ("-W", "error::pytest.PytestUnknownMarkWarning")]
+)
+def test_a_disabled_plugin_leaves_no_trace_when_hypothesis_loads_it(
+    pytester: pytest.Pytester, strictness: tuple[str, ...]
+) -> None:
+    # hypothesis loads our `hypothesis` entry point whenever it is imported, also under
+    # -p no:determinism; the suite must then pass as if the plugin were not installed.
+    pytester.makepyfile(
+        """
+import sys
+from hypothesis import given, settings, strategies as st
+
+@settings(max_examples=1, database=None)
+@given(st.integers())
+def test_one_example(n):
+    assert "pytest_determinism.plugin" not in sys.modules
+    assert "torch" not in sys.modules
+"""
+    )
+    result = pytester.runpytest_subprocess("-p", "no:determinism", "-p", "no:randomly", *strictness)
+    result.assert_outcomes(passed=1)
+    assert result.ret == 0
+    result.stdout.no_fnmatch_line("*deterministic*")
+    result.stdout.no_fnmatch_line("*warning*")
+
+
+def test_a_disabled_plugin_registers_nothing_with_hypothesis(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        """
+from hypothesis import given, settings, strategies as st
+from hypothesis.internal.entropy import RANDOMS_TO_MANAGE
+
+@settings(max_examples=1, database=None)
+@given(st.integers())
+def test_nothing_of_ours_is_managed(n):
+    names = [type(r).__module__ for r in list(RANDOMS_TO_MANAGE.values())]
+    assert not [name for name in names if name.startswith("pytest_determinism")]
+"""
+    )
+    result = pytester.runpytest_subprocess("-p", "no:determinism", "-p", "no:randomly")
+    result.assert_outcomes(passed=1)
