@@ -6,7 +6,7 @@ A golden file is *unused* when nothing in this session could have needed it:
   was deleted, renamed or lost a parametrize id).
 Everything else is unknown, never unused: deselected, skipped or failed tests, and folders
 of modules collected only in part (node ids) or not at all. Deleting is stricter still:
-only after a whole, unfiltered, uninterrupted run (see ``plugin.py``).
+only after a whole, unfiltered, uninterrupted run (:func:`whole_suite_ran`).
 
 The record is plain data so pytest-xdist workers can send theirs to the controller, which
 merges them.
@@ -14,13 +14,20 @@ merges them.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-__all__ = ["GOLDEN_SUFFIX", "Inventory"]
+import pytest
 
-GOLDEN_SUFFIX = ".safetensors"
+from pytest_determinism.golden.paths import SUFFIX
+from pytest_determinism.paths import golden_file
+
+if TYPE_CHECKING:
+    from pytest_determinism.session import PluginSession
+
+__all__ = ["Inventory", "delete_unused", "take_inventory", "whole_suite_ran"]
 
 
 @dataclass
@@ -77,9 +84,67 @@ class Inventory:
             for file in folder_path.iterdir():
                 name = str(file)
                 if (
-                    file.name.endswith(GOLDEN_SUFFIX)
+                    file.name.endswith(SUFFIX)
                     and name not in expected_files
                     and name not in self.used
                 ):
                     found.add(name)
         return sorted(Path(p) for p in found)
+
+
+def take_inventory(
+    inventory: Inventory,
+    collected: Iterable[tuple[str, str]],
+    *,
+    rootdir: Path,
+    golden_dir: Path | None,
+    partial_modules: set[Path],
+) -> None:
+    """Map each collected test (node id, test file) to its golden file, in the modules
+    that have a golden folder."""
+    by_module: dict[str, list[str]] = {}
+    for nodeid, test_file in collected:
+        by_module.setdefault(test_file, []).append(nodeid)
+    for test_file, nodeids in by_module.items():
+        module = Path(test_file)
+        # Every test of a module has its golden in the same folder: look there once.
+        first = golden_file(module, nodeids[0], rootdir, golden_dir)
+        if first is None or not first.parent.is_dir():
+            continue
+        whole_module = module.resolve() not in partial_modules
+        for nodeid in nodeids:
+            path = golden_file(module, nodeid, rootdir, golden_dir)
+            if path is not None:
+                inventory.add_collected(nodeid, path, whole_module=whole_module)
+
+
+def whole_suite_ran(
+    session: pytest.Session, plugin_session: PluginSession, exitstatus: int
+) -> bool:
+    """The whole suite ran, unfiltered and uninterrupted: only then may unused goldens go."""
+    option = session.config.option
+    return not (
+        plugin_session.filtered
+        or not plugin_session.worker_reports_complete
+        or plugin_session.partial_modules
+        or exitstatus in (pytest.ExitCode.INTERRUPTED, pytest.ExitCode.INTERNAL_ERROR)
+        or session.shouldstop
+        or session.shouldfail
+        or getattr(option, "keyword", "")
+        or getattr(option, "markexpr", "")
+        or getattr(option, "deselect", None)
+        or getattr(option, "lf", False)
+        or getattr(option, "stepwise", False)
+    )
+
+
+def delete_unused(session: pytest.Session, plugin_session: PluginSession, exitstatus: int) -> None:
+    """Judge which goldens are unused; under ``--update-golden`` after a whole run, delete
+    them. Both lists are kept on ``plugin_session`` for the summary."""
+    plugin_session.unused = plugin_session.record.inventory.unused()
+    if plugin_session.options.update_golden and whole_suite_ran(
+        session, plugin_session, exitstatus
+    ):
+        for path in plugin_session.unused:
+            path.unlink(missing_ok=True)
+            plugin_session.deleted.append(path)

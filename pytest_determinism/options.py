@@ -9,7 +9,12 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:
+    import pytest
+
+    from pytest_determinism.golden.tolerances import Tolerance
 
 __all__ = [
     "MARKER_ARGUMENTS",
@@ -17,7 +22,10 @@ __all__ = [
     "OptionError",
     "SessionOptions",
     "TestSettings",
+    "parse_golden_tolerances",
+    "parse_runs",
     "parse_seed",
+    "session_options",
     "settings_from_markers",
 ]
 
@@ -80,6 +88,57 @@ class SessionOptions:
     update_golden: bool = False
     golden_dir: Path | None = None
     report_path: Path | None = None
+
+
+def session_options(config: pytest.Config) -> SessionOptions:
+    """The session's options from the command line and the ini file (command line wins)."""
+    seed_option = config.getoption("determinism_seed")
+    seed_ini = config.getini("determinism_seed")
+    if seed_option is not None:
+        seed = parse_seed(seed_option, "--determinism-seed", text=True)
+    elif seed_ini:
+        seed = parse_seed(seed_ini, "ini determinism_seed", text=True)
+    else:
+        seed = 0
+    runs_option = config.getoption("determinism_runs")
+    runs_ini = config.getini("determinism_runs")
+    if runs_option is not None:
+        runs = parse_runs(runs_option, "--determinism-runs")
+    elif runs_ini:
+        runs = parse_runs(runs_ini, "ini determinism_runs")
+    else:
+        runs = 2
+    golden_dir_ini = str(config.getini("golden_dir") or "").strip()
+    golden_dir = None
+    if golden_dir_ini:
+        golden_dir = (config.rootpath / golden_dir_ini).resolve()
+        if not golden_dir.is_relative_to(config.rootpath.resolve()):
+            raise OptionError(
+                f"ini golden_dir must be a folder inside the rootdir {config.rootpath}, "
+                f"got {golden_dir_ini!r}"
+            )
+    report = config.getoption("determinism_report")
+    return SessionOptions(
+        seed=seed,
+        runs=runs,
+        ci_mode=bool(config.getoption("determinism")),
+        update_golden=bool(config.getoption("update_golden")),
+        golden_dir=golden_dir,
+        report_path=Path(report).resolve() if report else None,
+    )
+
+
+def parse_golden_tolerances(lines: list[str]) -> dict[str, Tolerance]:
+    """The ini option ``golden_tolerances`` as a table per dtype, or ``OptionError``."""
+    if not lines:
+        return {}
+    # Imported here: the tolerance table imports NumPy, which an unused plugin must not cost.
+    from pytest_determinism.golden.tolerances import parse_tolerances
+
+    try:
+        return parse_tolerances(lines)
+    except ValueError as exc:
+        raise OptionError(f"ini golden_tolerances: {exc}") from None
 
 
 @dataclass(frozen=True)

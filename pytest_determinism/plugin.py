@@ -9,23 +9,24 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Generator, Iterator, Mapping
+from collections.abc import Generator, Iterator
 from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from pytest_determinism.errors import DeterminismWarning, StochasticModuleError
+from pytest_determinism.errors import DeterminismWarning
+from pytest_determinism.inventory import delete_unused, take_inventory
 from pytest_determinism.options import (
     OptionError,
-    SessionOptions,
     TestSettings,
-    parse_runs,
-    parse_seed,
+    parse_golden_tolerances,
+    session_options,
     settings_from_markers,
 )
-from pytest_determinism.record import SessionRecord
+from pytest_determinism.paths import golden_file, invocation_id, warn_about_case_clashes
+from pytest_determinism.session import PluginSession
 from pytest_determinism.state import context
 from pytest_determinism.xdist_hooks import WORKER_OUTPUT_KEY
 
@@ -33,7 +34,6 @@ if TYPE_CHECKING:
     from pytest_determinism.activation import ActiveTest
     from pytest_determinism.fixture import Determinism
     from pytest_determinism.golden.golden_tensor import GoldenTensor
-    from pytest_determinism.golden.tolerances import Tolerance
 
 MARKER = "deterministic"
 MARKER_HELP = (
@@ -42,24 +42,6 @@ MARKER_HELP = (
     "kernels for this test, and restore everything afterwards"
 )
 _CUBLAS_VAR = "CUBLAS_WORKSPACE_CONFIG"
-
-
-class PluginSession:
-    """Options, tolerances and the session record, kept in ``config.stash``."""
-
-    def __init__(self, options: SessionOptions, tolerances: dict[str, Tolerance]) -> None:
-        self.options = options
-        self.tolerances = tolerances
-        self.record = SessionRecord()
-        self.cublas_was_unset = False
-        self.unused: list[Path] = []
-        self.deleted: list[Path] = []
-        self.worker_reports_complete = True
-        self.filtered = False
-        self.partial_modules: set[Path] = set()
-        #: (node id, test file) of every collected test function
-        self.collected: list[tuple[str, str]] = []
-        self.outer_tolerances: Mapping[str, Tolerance] = {}
 
 
 SESSION = pytest.StashKey[PluginSession]()
@@ -125,52 +107,15 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
 
 
-def _session_options(config: pytest.Config) -> SessionOptions:
-    seed_option = config.getoption("determinism_seed")
-    seed_ini = config.getini("determinism_seed")
-    if seed_option is not None:
-        seed = parse_seed(seed_option, "--determinism-seed", text=True)
-    elif seed_ini:
-        seed = parse_seed(seed_ini, "ini determinism_seed", text=True)
-    else:
-        seed = 0
-    runs_option = config.getoption("determinism_runs")
-    runs_ini = config.getini("determinism_runs")
-    if runs_option is not None:
-        runs = parse_runs(runs_option, "--determinism-runs")
-    elif runs_ini:
-        runs = parse_runs(runs_ini, "ini determinism_runs")
-    else:
-        runs = 2
-    golden_dir_ini = str(config.getini("golden_dir") or "").strip()
-    golden_dir = None
-    if golden_dir_ini:
-        golden_dir = (config.rootpath / golden_dir_ini).resolve()
-        if not golden_dir.is_relative_to(config.rootpath.resolve()):
-            raise OptionError(
-                f"ini golden_dir must be a folder inside the rootdir {config.rootpath}, "
-                f"got {golden_dir_ini!r}"
-            )
-    report = config.getoption("determinism_report")
-    return SessionOptions(
-        seed=seed,
-        runs=runs,
-        ci_mode=bool(config.getoption("determinism")),
-        update_golden=bool(config.getoption("update_golden")),
-        golden_dir=golden_dir,
-        report_path=Path(report).resolve() if report else None,
-    )
-
-
 def pytest_configure(config: pytest.Config) -> None:
     """Validate options, register the marker, prepare the session."""
     config.addinivalue_line("markers", MARKER_HELP)
     try:
-        options = _session_options(config)
-        tolerances = _tolerances(config.getini("golden_tolerances"))
+        options = session_options(config)
+        tolerances = parse_golden_tolerances(config.getini("golden_tolerances"))
     except OptionError as exc:
         raise pytest.UsageError(f"pytest-determinism: {exc}") from None
-    plugin_session = PluginSession(options, tolerances)
+    plugin_session = PluginSession(options=options, tolerances=tolerances)
     plugin_session.outer_tolerances = context.set_tolerance_overrides(tolerances)
     config.stash[SESSION] = plugin_session
     if _CUBLAS_VAR not in os.environ:
@@ -193,17 +138,6 @@ def pytest_configure(config: pytest.Config) -> None:
         from pytest_determinism.xdist_hooks import XdistHooks
 
         config.pluginmanager.register(XdistHooks(plugin_session), "determinism-xdist")
-
-
-def _tolerances(lines: list[str]) -> dict[str, Tolerance]:
-    if not lines:
-        return {}
-    from pytest_determinism.golden.tolerances import parse_tolerances
-
-    try:
-        return parse_tolerances(lines)
-    except ValueError as exc:
-        raise OptionError(f"ini golden_tolerances: {exc}") from None
 
 
 def _is_xdist_worker(config: pytest.Config) -> bool:
@@ -253,26 +187,6 @@ def pytest_itemcollected(item: pytest.Item) -> None:
         item.config.stash[SESSION].collected.append((item.nodeid, str(item.path)))
 
 
-def _take_inventory(config: pytest.Config, plugin_session: PluginSession) -> None:
-    """Map each collected test to its golden file, in modules that have a golden folder."""
-    by_module: dict[str, list[str]] = {}
-    for nodeid, test_file in plugin_session.collected:
-        by_module.setdefault(test_file, []).append(nodeid)
-    golden_dir = plugin_session.options.golden_dir
-    inventory = plugin_session.record.inventory
-    for test_file, nodeids in by_module.items():
-        module = Path(test_file)
-        # Every test of a module has its golden in the same folder: look there once.
-        first = _golden_file(module, nodeids[0], config, golden_dir)
-        if first is None or not first.parent.is_dir():
-            continue
-        whole_module = module.resolve() not in plugin_session.partial_modules
-        for nodeid in nodeids:
-            path = _golden_file(module, nodeid, config, golden_dir)
-            if path is not None:
-                inventory.add_collected(nodeid, path, whole_module=whole_module)
-
-
 def pytest_collection(session: pytest.Session) -> None:
     """Note the modules that are collected only in part (node ids on the command line)."""
     plugin_session = session.config.stash[SESSION]
@@ -305,66 +219,18 @@ def pytest_collection_finish(session: pytest.Session) -> None:
         raise pytest.UsageError(
             "pytest-determinism: bad @deterministic arguments:\n  " + "\n  ".join(errors)
         )
-    # Every pytest-xdist worker collects the same tests: one of them warns for all.
-    warn = getattr(session.config, "workerinput", {}).get("workerid", "gw0") == "gw0"
-    _warn_about_case_clashes(session.items, plugin_session.options.golden_dir, warn=warn)
-
-
-def _warn_about_case_clashes(
-    items: list[pytest.Item], golden_dir: Path | None, *, warn: bool
-) -> None:
-    """Warn about tests whose goldens would be one file where letter case does not count.
-
-    Each test's golden path is stashed on its item for the fixture either way.
-    """
-    from pytest_determinism.golden.paths import case_clashes
-
+    # Each test's golden path is stashed for the fixture; every pytest-xdist worker
+    # collects the same tests, so one of them warns for all.
+    golden_dir = plugin_session.options.golden_dir
     paths = {}
-    for item in items:
+    for item in session.items:
         if "golden_tensor" in getattr(item, "fixturenames", ()):
-            path = _golden_file(Path(str(item.path)), item.nodeid, item.config, golden_dir)
+            path = golden_file(Path(str(item.path)), item.nodeid, item.config.rootpath, golden_dir)
             item.stash[GOLDEN_FILE] = path
             if path is not None:
                 paths[item.nodeid] = path
-    if not warn:
-        return
-    by_id = {item.nodeid: item for item in items}
-    for clash in case_clashes(paths):
-        for nodeid in clash:
-            others = ", ".join(other for other in clash if other != nodeid)
-            by_id[nodeid].warn(
-                DeterminismWarning(
-                    f"the golden file of {nodeid} differs only in letter case from that of "
-                    f"{others} ({paths[nodeid].name}): on macOS and Windows they are one "
-                    "file and overwrite each other; rename one of the tests"
-                )
-            )
-
-
-def _invocation_id(item: pytest.Item) -> str:
-    """The node id relative to where pytest was started, so a printed command runs as is."""
-    file_part, _, rest = item.nodeid.partition("::")
-    relative = os.path.relpath(item.config.rootpath / file_part, item.config.invocation_params.dir)
-    return f"{Path(relative).as_posix()}::{rest}" if rest else Path(relative).as_posix()
-
-
-def _golden_file(
-    test_file: Path, nodeid: str, config: pytest.Config, golden_dir: Path | None
-) -> Path | None:
-    from pytest_determinism.golden.paths import golden_path
-
-    try:
-        return golden_path(
-            test_file=test_file,
-            # ``Class.test[param]``: the node id after the file, classes included.
-            test_name=".".join(nodeid.split("::")[1:]),
-            rootdir=config.rootpath,
-            golden_dir=golden_dir,
-        )
-    except ValueError:
-        # Only a symlinked folder could lead outside the golden root; such a test gets no
-        # golden (the fixture says why) and is left out of the unused-golden inventory.
-        return None
+    if getattr(session.config, "workerinput", {}).get("workerid", "gw0") == "gw0":
+        warn_about_case_clashes({item.nodeid: item for item in session.items}, paths)
 
 
 # --- running a test ---------------------------------------------------------------------
@@ -390,51 +256,19 @@ def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
     active = pyfuncitem.stash.get(ACTIVE, None)
     if active is None or pyfuncitem.stash.get(RUNNING_BODY, False):
         return None
-    plugin_session = pyfuncitem.config.stash[SESSION]
+    from pytest_determinism.body import run_body
+
     pyfuncitem.stash[RUNNING_BODY] = True
-    explained = None
     try:
-        if plugin_session.options.ci_mode:
-            from pytest_determinism.cimode import run_ci_mode
-
-            run_ci_mode(
-                pyfuncitem,
-                active,
-                pyfuncitem.stash.get(GOLDEN, None),
-                plugin_session.options.runs,
-                plugin_session.record,
-            )
-        else:
-            active.before_body()
-            pyfuncitem.ihook.pytest_pyfunc_call(pyfuncitem=pyfuncitem)
-    except StochasticModuleError as exc:
-        # Raised from the forward pre-hook; torch's and the hook's frames say nothing.
-        explained = str(exc) + _location_in(exc, pyfuncitem)
-    except RuntimeError as exc:
-        from pytest_determinism.nondeterminism.diagnosis import explain_torch_error
-
-        explained = explain_torch_error(exc)
-        if explained is None:
-            raise
-        explained += _location_in(exc, pyfuncitem)
+        run_body(
+            pyfuncitem,
+            active,
+            pyfuncitem.stash.get(GOLDEN, None),
+            pyfuncitem.config.stash[SESSION],
+        )
     finally:
         pyfuncitem.stash[RUNNING_BODY] = False
-    if explained is not None:
-        # Outside the except block, so the report is not chained to torch's traceback.
-        pytest.fail(explained, pytrace=False)
     return True
-
-
-def _location_in(exc: BaseException, item: pytest.Function) -> str:
-    """Where in the test's own file the exception was raised, as a line to append."""
-    test_file = str(item.path)
-    where = None
-    tb = exc.__traceback__
-    while tb is not None:
-        if tb.tb_frame.f_code.co_filename == test_file:
-            where = f"{item.path.name}:{tb.tb_lineno}"
-        tb = tb.tb_next
-    return f"\n  (raised at {where})" if where else ""
 
 
 @pytest.hookimpl(wrapper=True)
@@ -506,7 +340,9 @@ def golden_tensor(request: pytest.FixtureRequest) -> Iterator[GoldenTensor]:
         path = item.stash[GOLDEN_FILE]
     else:
         # Requested dynamically (request.getfixturevalue): not seen at collection.
-        path = _golden_file(Path(str(item.path)), item.nodeid, request.config, options.golden_dir)
+        path = golden_file(
+            Path(str(item.path)), item.nodeid, request.config.rootpath, options.golden_dir
+        )
     if path is None:
         pytest.fail(
             f"golden_tensor: no golden file can be placed for {item.nodeid}: it must be a "
@@ -524,7 +360,7 @@ def golden_tensor(request: pytest.FixtureRequest) -> Iterator[GoldenTensor]:
         tolerances=plugin_session.tolerances,
         seed=context.current_seed(),
         defer_failures=options.ci_mode and SETTINGS in item.stash,
-        command_id=_invocation_id(item),
+        command_id=invocation_id(item),
     )
     item.stash[GOLDEN] = golden
     yield golden
@@ -541,25 +377,6 @@ def pytest_deselected(items: list[pytest.Item]) -> None:
         items[0].config.stash[SESSION].filtered = True
 
 
-def _whole_suite_ran(session: pytest.Session, exitstatus: int) -> bool:
-    config = session.config
-    plugin_session = config.stash[SESSION]
-    option = config.option
-    return not (
-        plugin_session.filtered
-        or not plugin_session.worker_reports_complete
-        or plugin_session.partial_modules
-        or exitstatus in (pytest.ExitCode.INTERRUPTED, pytest.ExitCode.INTERNAL_ERROR)
-        or session.shouldstop
-        or session.shouldfail
-        or getattr(option, "keyword", "")
-        or getattr(option, "markexpr", "")
-        or getattr(option, "deselect", None)
-        or getattr(option, "lf", False)
-        or getattr(option, "stepwise", False)
-    )
-
-
 @pytest.hookimpl(tryfirst=True)
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """Send the record to the controller (xdist worker), or judge unused goldens and write
@@ -569,18 +386,20 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if plugin_session is None:
         return
     record = plugin_session.record
-    _take_inventory(config, plugin_session)
+    take_inventory(
+        record.inventory,
+        plugin_session.collected,
+        rootdir=config.rootpath,
+        golden_dir=plugin_session.options.golden_dir,
+        partial_modules=plugin_session.partial_modules,
+    )
     torch = sys.modules.get("torch")
     if torch is not None and record.tests:
         record.devices.add(_device_description(torch))
     if _is_xdist_worker(config):
         config.workeroutput[WORKER_OUTPUT_KEY] = record.to_json()  # type: ignore[attr-defined]
         return
-    plugin_session.unused = record.inventory.unused()
-    if plugin_session.options.update_golden and _whole_suite_ran(session, exitstatus):
-        for path in plugin_session.unused:
-            path.unlink(missing_ok=True)
-            plugin_session.deleted.append(path)
+    delete_unused(session, plugin_session, exitstatus)
     if plugin_session.options.report_path is not None:
         from pytest_determinism.json_report import build_report, write_report
 

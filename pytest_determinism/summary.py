@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from pytest_determinism.plugin import PluginSession
+    from pytest_determinism.session import PluginSession
 
 __all__ = ["summary_lines"]
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from pytest_determinism.plugin import PluginSession
+    from pytest_determinism.session import PluginSession
 
 __all__ = ["WORKER_OUTPUT_KEY", "XdistHooks"]
 

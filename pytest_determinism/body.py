@@ -1,0 +1,67 @@
+"""Running a marked test's body: once, or repeated under ``--determinism``, with the errors
+that the plugin's own settings provoke explained in words.
+
+Two kinds of error come from what the plugin switched on rather than from the test: torch's
+"does not have a deterministic implementation" (``use_deterministic_algorithms``) and a
+stochastic module in training mode under ``eval_mode="strict"``. Both fail the test with an
+explanation and the line of the test that raised them, never with torch's or the plugin's
+frames.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import pytest
+
+from pytest_determinism.errors import StochasticModuleError
+
+if TYPE_CHECKING:
+    from pytest_determinism.activation import ActiveTest
+    from pytest_determinism.golden.golden_tensor import GoldenTensor
+    from pytest_determinism.session import PluginSession
+
+__all__ = ["run_body"]
+
+
+def run_body(
+    item: pytest.Function,
+    active: ActiveTest,
+    golden: GoldenTensor | None,
+    plugin_session: PluginSession,
+) -> None:
+    """Run ``item``'s body: reseeded right before it, repeated in CI mode."""
+    explained = None
+    try:
+        if plugin_session.options.ci_mode:
+            from pytest_determinism.cimode import run_ci_mode
+
+            run_ci_mode(item, active, golden, plugin_session.options.runs, plugin_session.record)
+        else:
+            active.before_body()
+            item.ihook.pytest_pyfunc_call(pyfuncitem=item)
+    except StochasticModuleError as exc:
+        # Raised from the forward pre-hook; torch's and the hook's frames say nothing.
+        explained = str(exc) + _location_in(exc, item)
+    except RuntimeError as exc:
+        from pytest_determinism.nondeterminism.diagnosis import explain_torch_error
+
+        explained = explain_torch_error(exc)
+        if explained is None:
+            raise
+        explained += _location_in(exc, item)
+    if explained is not None:
+        # Outside the except block, so the report is not chained to torch's traceback.
+        pytest.fail(explained, pytrace=False)
+
+
+def _location_in(exc: BaseException, item: pytest.Function) -> str:
+    """Where in the test's own file the exception was raised, as a line to append."""
+    test_file = str(item.path)
+    where = None
+    tb = exc.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_code.co_filename == test_file:
+            where = f"{item.path.name}:{tb.tb_lineno}"
+        tb = tb.tb_next
+    return f"\n  (raised at {where})" if where else ""
