@@ -2,8 +2,8 @@
 
 golden/ (golden files and comparing values) stands on its own; state/ (global state) uses
 golden's tolerance type for the table helpers read; nondeterminism/ (running a callable
-several times and explaining a difference) builds on both. None of them imports pytest or the glue above them, and loading the plugin imports
-no heavy library.
+several times and explaining a difference) builds on both. None of them imports pytest or
+the glue above them, and loading the plugin imports no heavy library.
 """
 
 from __future__ import annotations
