@@ -25,6 +25,7 @@ __all__ = [
     "parse_golden_tolerances",
     "parse_runs",
     "parse_seed",
+    "parse_threads",
     "session_options",
     "settings_from_markers",
 ]
@@ -78,6 +79,19 @@ def parse_runs(value: object, what: str) -> int:
     return runs
 
 
+def parse_threads(value: object, what: str) -> int:
+    """Return ``value`` as a CPU thread count of at least 1, or raise ``OptionError``."""
+    try:
+        threads = int(str(value).strip(), 10)
+    except ValueError:
+        raise OptionError(
+            f"{what} must be a whole number of CPU threads, e.g. 1, got {value!r}"
+        ) from None
+    if threads < 1:
+        raise OptionError(f"{what} must be at least 1 thread, got {threads}")
+    return threads
+
+
 @dataclass(frozen=True)
 class SessionOptions:
     """The session-wide options in force, validated."""
@@ -88,6 +102,8 @@ class SessionOptions:
     update_golden: bool = False
     golden_dir: Path | None = None
     report_path: Path | None = None
+    #: the CPU thread count of every marked test whose marker sets none; None: left alone
+    threads: int | None = None
 
 
 def session_options(config: pytest.Config) -> SessionOptions:
@@ -108,6 +124,13 @@ def session_options(config: pytest.Config) -> SessionOptions:
         runs = parse_runs(runs_ini, "ini determinism_runs")
     else:
         runs = 2
+    threads_option = config.getoption("determinism_threads")
+    threads_ini = str(config.getini("determinism_threads") or "").strip()
+    threads = None
+    if threads_option is not None:
+        threads = parse_threads(threads_option, "--determinism-threads")
+    elif threads_ini:
+        threads = parse_threads(threads_ini, "ini determinism_threads")
     golden_dir_ini = str(config.getini("golden_dir") or "").strip()
     golden_dir = None
     if golden_dir_ini:
@@ -125,6 +148,7 @@ def session_options(config: pytest.Config) -> SessionOptions:
         update_golden=bool(config.getoption("update_golden")),
         golden_dir=golden_dir,
         report_path=Path(report).resolve() if report else None,
+        threads=threads,
     )
 
 
@@ -162,8 +186,11 @@ def _bool_argument(name: str, value: object) -> bool:
 def settings_from_markers(
     kwargs_closest_first: Iterable[tuple[tuple[Any, ...], Mapping[str, Any]]],
     session_seed: int,
+    session_threads: int | None = None,
 ) -> TestSettings:
     """Merge marker arguments (closest marker wins) into validated ``TestSettings``.
+
+    ``session_threads`` (``--determinism-threads``) applies where no marker sets ``threads``.
 
     ``kwargs_closest_first`` holds each ``deterministic`` marker's positional and keyword
     arguments, the test's own marker first, then its class's, then its module's.
@@ -190,6 +217,8 @@ def settings_from_markers(
         isinstance(threads, bool) or not isinstance(threads, int) or threads < 1
     ):
         raise OptionError(f"threads must be a positive int or None, got {threads!r}")
+    if threads is None:
+        threads = session_threads
     stochastic_default = eval_mode is False
     return TestSettings(
         seed=seed,

@@ -86,6 +86,15 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="session seed for deterministic tests (default 0; ini determinism_seed)",
     )
     group.addoption(
+        "--determinism-threads",
+        action="store",
+        default=None,
+        metavar="N",
+        help="CPU thread count (torch.set_num_threads) of every deterministic test whose "
+        "marker sets no threads=; makes goldens portable across machines and xdist "
+        "(default: left alone; ini determinism_threads)",
+    )
+    group.addoption(
         "--determinism-report",
         action="store",
         default=None,
@@ -95,6 +104,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
     parser.addini("determinism_seed", "session seed for deterministic tests (default 0)")
     parser.addini("determinism_runs", "runs per test under --determinism (default 2)")
+    parser.addini(
+        "determinism_threads",
+        "CPU thread count of every deterministic test whose marker sets none (default: left alone)",
+    )
     parser.addini(
         "golden_dir",
         "root folder of golden files, relative to the rootdir "
@@ -158,15 +171,17 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 
 
 def pytest_report_header(config: pytest.Config) -> str:
-    """Seed, torch version (from metadata: no import), cuBLAS and hash-seed settings."""
+    """Seed, pinned thread count, torch version (from metadata: no import), cuBLAS and
+    hash-seed settings."""
     options = config.stash[SESSION].options
     try:
         torch_version = metadata.version("torch")
     except metadata.PackageNotFoundError:
         torch_version = "not installed"
     mode = f", CI mode: {options.runs} runs" if options.ci_mode else ""
+    threads = f", threads {options.threads}" if options.threads is not None else ""
     return (
-        f"determinism: seed {options.seed}, torch {torch_version}, "
+        f"determinism: seed {options.seed}{threads}, torch {torch_version}, "
         f"{_CUBLAS_VAR}={os.environ.get(_CUBLAS_VAR, 'unset')}, "
         f"PYTHONHASHSEED={os.environ.get('PYTHONHASHSEED', 'unset')}{mode}"
     )
@@ -211,7 +226,9 @@ def pytest_collection_finish(session: pytest.Session) -> None:
             continue
         try:
             item.stash[SETTINGS] = settings_from_markers(
-                ((m.args, m.kwargs) for m in markers), plugin_session.options.seed
+                ((m.args, m.kwargs) for m in markers),
+                plugin_session.options.seed,
+                plugin_session.options.threads,
             )
         except OptionError as exc:
             errors.append(f"{item.nodeid}: {exc}")

@@ -69,6 +69,9 @@ def test_fine():
         ([], "determinism_runs = 0", "*ini determinism_runs must be at least 1*"),
         ([], "golden_dir = ../outside", "*ini golden_dir must be a folder inside the rootdir*"),
         ([], "golden_tolerances = bfloat16 rtol=1", "*ini golden_tolerances*"),
+        (["--determinism-threads", "0"], "", "*--determinism-threads must be at least 1 thr*"),
+        (["--determinism-threads", "all"], "", "*--determinism-threads must be a whole number*"),
+        ([], "determinism_threads = 1.5", "*ini determinism_threads must be a whole number*"),
     ],
 )
 def test_bad_options_are_usage_errors(
@@ -109,6 +112,7 @@ def test_options_are_in_help(pytester: pytest.Pytester, run) -> None:
             "*--determinism *",
             "*--determinism-runs=N*",
             "*--determinism-seed=N*",
+            "*--determinism-threads=N*",
             "*--determinism-report=PATH*",
             "*determinism_seed (string)*",
             "*golden_tolerances (linelist)*",
