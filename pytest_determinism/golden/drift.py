@@ -1,0 +1,252 @@
+"""What kind of difference a drifted golden shows: precision, rounding or computation.
+
+A failing comparison of floating values is classified, per key, so a model engineer knows
+where to look before reading a number:
+
+- **precision**: one side carries only the precision of a narrower type (every finite
+  element exactly representable in bfloat16, float16, or float32 for float64 values) and
+  the other does not, and the difference is within a few units in the last place (ulps)
+  of that narrower type: the computation now runs in (or was recorded from) that type and
+  is cast back, as ``model.to(torch.bfloat16)`` or autocast do.
+- **rounding**: the largest difference is at most :data:`ROUNDING_ULPS` ulps of the
+  dtype at the key's magnitude: the same computation in another order (thread count,
+  batch size or padding, a kernel or library version, TF32).
+- **computation**: anything larger, or a NaN / infinity that appeared or went away: what
+  is computed changed.
+
+The magnitude of a key is the largest absolute finite golden value in it, not each
+element's own: the rounding error of a sum is proportional to the size of its terms, so an
+element that cancelled down to nearly zero still differs by a few ulps of the key's
+magnitude, not of its own. The price is that a change confined to elements far smaller
+than the key's largest one reads as rounding when it is below that resolution.
+
+Integers and bools get no kind: their values are equal or not.
+
+Everything here works chunk by chunk (:class:`DriftTally`) on values already decoded to
+their compute dtype, so classifying costs no full-size temporary, and it runs only for a
+key that failed its comparison.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+
+__all__ = [
+    "PRECISION_ULPS",
+    "ROUNDING_ULPS",
+    "Drift",
+    "DriftKind",
+    "DriftTally",
+    "ulp",
+]
+
+DriftKind = Literal["precision", "rounding", "computation"]
+
+#: The largest difference, in ulps of the dtype at the key's magnitude, still called
+#: rounding. Reordered float32 sums differ by a few to a few tens of ulps (torchvision
+#: RetinaNet boxes at 1 vs 2 threads: 26); a real change of a model's weights or code is
+#: hundreds to millions.
+ROUNDING_ULPS = 64.0
+
+#: The largest difference, in ulps of the narrower type at the key's magnitude, for which
+#: a precision change explains the whole difference. A network run in bfloat16 differs from
+#: its float32 self by a few bfloat16 ulps; a real change on top of it by far more.
+PRECISION_ULPS = 16.0
+
+# Explicit mantissa bits and the smallest normal exponent of each floating dtype.
+_FORMATS: dict[str, tuple[int, int]] = {
+    "float64": (52, -1022),
+    "float32": (23, -126),
+    "float16": (10, -14),
+    "bfloat16": (7, -126),
+    "float8_e4m3fn": (3, -6),
+    "float8_e4m3fnuz": (3, -7),
+    "float8_e5m2": (2, -14),
+    "float8_e5m2fnuz": (2, -15),
+    "float8_e8m0fnu": (0, -127),
+    "complex32": (10, -14),
+    "complex64": (23, -126),
+    "complex128": (52, -1022),
+}
+
+# The narrower types a dtype's values may have been computed in, fewest mantissa bits
+# first: bfloat16 values in float16's range are float16 values too, and the narrower
+# claim is the more specific one.
+_NARROWER: dict[str, tuple[str, ...]] = {
+    "float64": ("bfloat16", "float16", "float32"),
+    "complex128": ("bfloat16", "float16", "float32"),
+    "float32": ("bfloat16", "float16"),
+    "complex64": ("bfloat16", "float16"),
+}
+
+Array = np.ndarray[Any, Any]
+
+
+def ulp(dtype: str, magnitude: float) -> float:
+    """The spacing of ``dtype``'s values at ``magnitude`` (subnormal spacing below the
+    smallest normal number)."""
+    mantissa, min_exponent = _FORMATS[dtype]
+    exponent = math.frexp(magnitude)[1] - 1 if magnitude > 0 else min_exponent
+    return math.ldexp(1.0, max(exponent, min_exponent) - mantissa)
+
+
+def _fits(values: Array, narrower: str) -> bool:
+    """Whether every value (finite, real, float32 or float64) is exactly a ``narrower``
+    value."""
+    if not values.size:
+        return True
+    with np.errstate(all="ignore"):
+        if narrower == "float32":
+            return bool(np.array_equal(values.astype(np.float32), values))
+        if narrower == "float16":
+            return bool(np.array_equal(values.astype(np.float16), values))
+        single = values.astype(np.float32)
+        if values.dtype == np.float64 and not np.array_equal(single, values):
+            return False
+        # bfloat16 is the upper half of a float32: the lower 16 bits must be zero.
+        return not bool(np.any(single.view(np.uint32) & np.uint32(0xFFFF)))
+
+
+def _uses_precision(values: Array, narrower: str) -> bool:
+    """Whether some value (one that fits ``narrower``) needs more than all but the last
+    three of ``narrower``'s mantissa bits.
+
+    Round numbers (``1.0``, ``0.5``, ``3.0``) fit every type, so a key made of them says
+    nothing about the precision it was computed in; an output of a real computation in a
+    narrow type uses that type's last bits.
+    """
+    if not values.size:
+        return False
+    mantissa = _FORMATS[narrower][0]
+    unused = np.uint32((1 << (23 - mantissa + 3)) - 1)
+    with np.errstate(all="ignore"):
+        return bool(np.any(values.astype(np.float32).view(np.uint32) & unused))
+
+
+@dataclass(frozen=True)
+class Drift:
+    """The kind of one key's difference.
+
+    ``ulps``: the largest difference in ulps of the key's dtype at ``magnitude`` (the
+    largest absolute finite golden value). ``narrower``: for a precision difference, the
+    type whose precision one side carries, and ``narrower_side`` which side
+    (``"actual"``: the values now; ``"golden"``: the recording).
+    """
+
+    kind: DriftKind
+    ulps: float | None = None
+    magnitude: float | None = None
+    narrower: str | None = None
+    narrower_side: Literal["actual", "golden"] | None = None
+
+    def describe(self, dtype: str) -> str:
+        """One line: the kind, and what it means for this key."""
+        if self.kind == "precision":
+            if self.narrower_side == "actual":
+                return (
+                    f"precision: the values carry only {self.narrower} precision, the "
+                    f"golden full {dtype}: the computation now runs in {self.narrower} and "
+                    f"is cast back (model.to(torch.{self.narrower}), autocast)"
+                )
+            return (
+                f"precision: the golden carries only {self.narrower} precision, the values "
+                f"full {dtype}: it was recorded from a {self.narrower} computation cast back "
+                f"(model.to(torch.{self.narrower}), autocast), which now runs in {dtype}"
+            )
+        scale = f"{_ulps(self.ulps)} of {dtype} at magnitude {self.magnitude:.4g}"
+        if self.kind == "rounding":
+            return (
+                f"rounding: the largest difference is {scale}: the same computation summed "
+                "in another order (thread count, batch size or padding, a kernel or library "
+                "version, TF32)"
+            )
+        if self.ulps is None:
+            return "computation: NaN or infinity where the golden had none (or the reverse)"
+        return f"computation: the largest difference is {scale}: what is computed changed"
+
+
+def _ulps(value: float | None) -> str:
+    if value is None or not math.isfinite(value):
+        return "inf ulps"
+    return f"{value:.3g} ulp" + ("" if value == 1 else "s")
+
+
+class DriftTally:
+    """Running evidence for the kind of one failing key's difference, chunk by chunk.
+
+    Feed :meth:`add` the decoded actual and golden values of each chunk; :meth:`result`
+    classifies once the largest finite difference and the count of NaN / infinity
+    mismatches are known.
+    """
+
+    def __init__(self, dtype: str) -> None:
+        self.dtype = dtype
+        self.candidates = _NARROWER.get(dtype, ())
+        self.magnitude = 0.0
+        # Per narrower type, per side ("actual", "golden"): every finite value fits it,
+        # and some value uses its last mantissa bits.
+        self.fits = {(t, side): True for t in self.candidates for side in _SIDES}
+        self.uses = {(t, side): False for t in self.candidates for side in _SIDES}
+
+    def add(self, actual: Array, golden: Array) -> None:
+        """Account for one chunk of decoded values (complex ones as pairs of reals)."""
+        if actual.dtype.kind == "c":
+            actual, golden = _as_reals(actual), _as_reals(golden)
+        finite = {"actual": actual[np.isfinite(actual)], "golden": golden[np.isfinite(golden)]}
+        if finite["golden"].size:
+            self.magnitude = max(self.magnitude, float(np.abs(finite["golden"]).max()))
+        for narrower in self.candidates:
+            for side in _SIDES:
+                key = (narrower, side)
+                if self.fits[key]:
+                    self.fits[key] = _fits(finite[side], narrower)
+                if self.fits[key] and not self.uses[key]:
+                    self.uses[key] = _uses_precision(finite[side], narrower)
+
+    def result(self, max_abs_diff: float | None, nonfinite_mismatches: int) -> Drift:
+        """The kind, given the largest finite difference and the NaN / infinity mismatches.
+
+        A difference of a few ulps is rounding even where one side happens to fit a
+        narrower type: a few ulps of the dtype are far below any narrower type's rounding.
+        """
+        if nonfinite_mismatches:
+            return Drift(kind="computation", magnitude=self.magnitude)
+        diff = max_abs_diff or 0.0
+        ulps = diff / ulp(self.dtype, self.magnitude)
+        if ulps <= ROUNDING_ULPS:
+            return Drift(kind="rounding", ulps=ulps, magnitude=self.magnitude)
+        for narrower in self.candidates:
+            side = self._narrow_side(narrower)
+            if side is not None and diff / ulp(narrower, self.magnitude) <= PRECISION_ULPS:
+                return Drift(
+                    kind="precision",
+                    ulps=ulps,
+                    magnitude=self.magnitude,
+                    narrower=narrower,
+                    narrower_side=side,
+                )
+        return Drift(kind="computation", ulps=ulps, magnitude=self.magnitude)
+
+    def _narrow_side(self, narrower: str) -> Literal["actual", "golden"] | None:
+        """The side that carries only ``narrower`` precision while the other does not."""
+        pairs: tuple[tuple[Literal["actual", "golden"], str], ...] = (
+            ("actual", "golden"),
+            ("golden", "actual"),
+        )
+        for side, other in pairs:
+            fits, uses = self.fits[(narrower, side)], self.uses[(narrower, side)]
+            if fits and uses and not self.fits[(narrower, other)]:
+                return side
+        return None
+
+
+_SIDES = ("actual", "golden")
+
+
+def _as_reals(values: Array) -> Array:
+    real = np.float64 if values.dtype == np.complex128 else np.float32
+    return np.ascontiguousarray(values).view(real)
