@@ -18,8 +18,8 @@ from pytest_determinism.golden.compare import Comparison, Spot, compare
 from pytest_determinism.golden.mismatch import format_index, format_value
 from pytest_determinism.golden.tolerances import resolve_tolerance
 from pytest_determinism.golden.values import Leaf, flatten
-from pytest_determinism.nondeterminism.diagnosis import explain_torch_error
 from pytest_determinism.nondeterminism.runs import check_runs
+from pytest_determinism.nondeterminism.torch_errors import explain_torch_error
 from pytest_determinism.state.context import current_seed, tolerance_overrides
 
 __all__ = ["assert_batch_invariant", "assert_deterministic"]

@@ -411,7 +411,7 @@ def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
         # Raised from the forward pre-hook; torch's and the hook's frames say nothing.
         explained = str(exc) + _location_in(exc, pyfuncitem)
     except RuntimeError as exc:
-        from pytest_determinism.nondeterminism.diagnosis import explain_torch_error
+        from pytest_determinism.nondeterminism.torch_errors import explain_torch_error
 
         explained = explain_torch_error(exc)
         if explained is None:

@@ -13,14 +13,10 @@ fingerprint differs: the innermost culprit comes before the modules enclosing it
   implementation.
 - its inputs already differed: the difference arose before it, in the forward of the
   innermost enclosing call whose inputs were identical, or before the model was called.
-
-Also :func:`explain_torch_error`, for the error torch raises when an op has no deterministic
-implementation.
 """
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -41,7 +37,6 @@ __all__ = [
     "STOCHASTIC_LAYER",
     "Diagnosis",
     "diagnose",
-    "explain_torch_error",
 ]
 
 # Verdicts (``Diagnosis.cause``).
@@ -554,47 +549,3 @@ def _nothing(context: _Context) -> Diagnosis:
         fix = _OUTSIDE_RNG_FIX
         cause = OUTSIDE_RNG
     return _finish(context, cause, explanation, fix, lines)
-
-
-# torch's message: "<op> does not have a deterministic implementation, but you set
-# 'torch.use_deterministic_algorithms(True)'. ..."
-_NONDETERMINISTIC_OP = re.compile(r"(\S+) does not have a deterministic implementation")
-
-# Ops with a well-known deterministic replacement.
-_ALTERNATIVES = {
-    "put_": "index_put_(..., accumulate=True) or scatter_ with unique indices",
-    "index_add": "index_put_(..., accumulate=True) or a sum over one-hot indices",
-    "scatter_add": "index_put_(..., accumulate=True) or a segment sum over sorted indices",
-    "index_copy": "index_put_ with unique indices",
-    "histc": "torch.bincount on CPU or a sort-based count",
-    "kthvalue": "torch.sort and indexing",
-    "median": "torch.sort and indexing, or torch.quantile",
-}
-
-
-def explain_torch_error(exc: BaseException) -> str | None:
-    """A message for torch's error about an op without a deterministic implementation.
-
-    Returns ``None`` for any other exception. The message names the op and the choices:
-    ``@deterministic(warn_only=True)``, an alternative op, or accepting it.
-    """
-    match = _NONDETERMINISTIC_OP.search(str(exc))
-    if match is None:
-        return None
-    op = match.group(1)
-    key = op.removesuffix("_cuda_").removesuffix("_cuda").removesuffix("_cpu")
-    alternative = next(
-        (alt for name, alt in _ALTERNATIVES.items() if key.startswith(name.rstrip("_"))),
-        "an op with a deterministic implementation (torch.use_deterministic_algorithms' "
-        "documentation lists which ops have one on which device)",
-    )
-    return (
-        f"torch op {op} has no deterministic implementation on this device, and the test runs "
-        "with torch.use_deterministic_algorithms(True), so torch refused to run it. Choose "
-        "one:\n"
-        "  - mark the test @deterministic(warn_only=True): torch then only warns, and "
-        "--determinism still checks that repeated runs agree;\n"
-        f"  - replace {op} with {alternative};\n"
-        "  - or accept it: leave the test unmarked for this op (or turn deterministic "
-        "algorithms off around it) and compare its outputs with a tolerance."
-    )

@@ -201,7 +201,7 @@ def _same(a: _Run, b: _Run) -> bool:
 
 
 def _explained_error(error: BaseException | None) -> str:
-    from pytest_determinism.nondeterminism.diagnosis import explain_torch_error
+    from pytest_determinism.nondeterminism.torch_errors import explain_torch_error
 
     if error is None:
         return "returned normally"
