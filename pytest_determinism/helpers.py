@@ -45,7 +45,7 @@ def assert_deterministic(
     when torch refused an op that has no deterministic implementation).
 
     On failure raises :class:`~pytest_determinism.errors.NondeterminismError` with the
-    nondeterminism report, which names the first torch module whose output diverged.
+    verdict's message, which names the first torch module whose output diverged.
     Returns the first run's result. Every RNG is left as it was found. Inside a test that
     ``--determinism`` is itself checking, this call's runs decide: the CI mode's trace and
     probe stand aside while it runs.
@@ -73,7 +73,7 @@ def assert_deterministic(
 
     verdict = check_runs(run_once, runs=runs, seed=seed, stochastic=stochastic)
     if not verdict.ok:
-        raise NondeterminismError(verdict.report)
+        raise NondeterminismError(verdict.message)
     first_error = verdict.errors[0]
     if first_error is not None:
         explanation = explain_torch_error(first_error)

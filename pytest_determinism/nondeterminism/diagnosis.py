@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from pytest_determinism.nondeterminism.runs import RunKind
     from pytest_determinism.nondeterminism.trace import CallRecord, Fingerprint, Trace
     from pytest_determinism.state.snapshot import TorchFlags
 
@@ -82,10 +83,11 @@ class Diagnosis:
     (``"name (Class, training)"``; the module itself when it is one), ``inputs_differed``
     whether its inputs were already different. ``origin`` names the module whose own code
     made the difference when that is an enclosing one. ``cause`` is one of this module's
-    verdict constants; ``explanation`` and ``fix`` are sentences; ``text`` is the report.
+    verdict constants; ``explanation`` and ``fix`` are sentences; ``text`` is the whole
+    account, as the verdict's message quotes it.
     """
 
-    kind: str
+    kind: RunKind
     cause: str
     module: str | None
     cls: str | None
@@ -222,10 +224,11 @@ def _earlier_training_call(trace: Trace, record: CallRecord) -> CallRecord | Non
     return None
 
 
-class _Context:
-    """The two traces and how the runs are named in sentences."""
+class _Pair:
+    """The two runs being compared: their traces, the kind of check and how the second run
+    is named in sentences."""
 
-    def __init__(self, a: Trace, b: Trace, kind: str, other: str) -> None:
+    def __init__(self, a: Trace, b: Trace, kind: RunKind, other: str) -> None:
         self.a = a
         self.b = b
         self.kind = kind
@@ -342,7 +345,7 @@ class _Context:
         )
 
 
-def diagnose(first: Trace, other: Trace, *, kind: str, other_name: str = "run 1") -> Diagnosis:
+def diagnose(first: Trace, other: Trace, *, kind: RunKind, other_name: str = "run 1") -> Diagnosis:
     """Explain why ``other`` differs from ``first``.
 
     ``kind`` is ``"repeat"`` (both runs seeded alike) or ``"seed"`` (``other`` is the seed
@@ -350,18 +353,18 @@ def diagnose(first: Trace, other: Trace, *, kind: str, other_name: str = "run 1"
     is unchanged). ``other_name`` names the second run in sentences (``"run 2"``,
     ``"the probe run"``).
     """
-    context = _Context(first, other, kind, other_name)
+    pair = _Pair(first, other, kind, other_name)
     split = _first_sequence_difference(first, other)
     index = _first_output_difference(first, other, split)
     if index is not None:
-        return _diverging_call(context, index)
+        return _diverging_call(pair, index)
     if split is not None:
-        return _sequence(context, split)
-    return _nothing(context)
+        return _sequence(pair, split)
+    return _nothing(pair)
 
 
 def _finish(
-    context: _Context,
+    pair: _Pair,
     cause: str,
     explanation: str,
     fix: str,
@@ -372,9 +375,9 @@ def _finish(
     origin: CallRecord | None = None,
 ) -> Diagnosis:
     lines += [f"  likely cause: {cause}", f"  why: {explanation}", f"  fix: {fix}"]
-    stochastic = () if record is None else _stochastic_inside(context.a, record)
+    stochastic = () if record is None else _stochastic_inside(pair.a, record)
     return Diagnosis(
-        kind=context.kind,
+        kind=pair.kind,
         cause=cause,
         module=None if record is None else record.display_name,
         cls=None if record is None else record.cls,
@@ -389,8 +392,8 @@ def _finish(
     )
 
 
-def _diverging_call(context: _Context, index: int) -> Diagnosis:
-    a, b = context.a, context.b
+def _diverging_call(pair: _Pair, index: int) -> Diagnosis:
+    a, b = pair.a, pair.b
     record, twin = a.calls[index], b.calls[index]
     inputs_differed = record.inputs != twin.inputs
     stochastic = _stochastic_inside(a, record)
@@ -405,21 +408,19 @@ def _diverging_call(context: _Context, index: int) -> Diagnosis:
     ]
     if not inputs_differed:
         lines.append("  so the difference arose inside this module")
-        cause, explanation, fix = context.module_cause(record, twin)
-        return _finish(
-            context, cause, explanation, fix, lines, record=record, inputs_differed=False
-        )
+        cause, explanation, fix = pair.module_cause(record, twin)
+        return _finish(pair, cause, explanation, fix, lines, record=record, inputs_differed=False)
     origin = _origin(a, b, record)
     if origin is None:
         outer = a.calls[a.outermost[record.outer]]
         explanation = (
             f"the inputs of the outermost call {_name(outer)} already differed in "
-            f"{context.other}, so the cause lies before the model: the data or inputs, "
+            f"{pair.other}, so the cause lies before the model: the data or inputs, "
             "built from an unseeded generator (numpy.random.default_rng() or "
             "torch.Generator() without a seed, os.urandom, the time), DataLoader workers "
             "without a worker_init_fn, or the caller's own state."
         )
-        if context.kind == "seed":
+        if pair.kind == "seed":
             explanation += (
                 " In the probe run, only draws inside forward calls change, so these inputs "
                 "were computed from an earlier forward call's outputs."
@@ -430,7 +431,7 @@ def _diverging_call(context: _Context, index: int) -> Diagnosis:
             "worker_init_fn, and check the code that prepares the batch"
         )
         return _finish(
-            context, BEFORE_MODEL, explanation, fix, lines, record=record, inputs_differed=True
+            pair, BEFORE_MODEL, explanation, fix, lines, record=record, inputs_differed=True
         )
     previous = _previous_sibling(a, origin, index)
     where = (
@@ -442,9 +443,9 @@ def _diverging_call(context: _Context, index: int) -> Diagnosis:
         f"  its inputs come from {_name(origin)}, whose inputs were identical: the "
         f"difference arose in the forward code of {_name(origin)} itself, {where}"
     )
-    cause, explanation, fix = context.module_cause(origin, b.calls[origin.index])
+    cause, explanation, fix = pair.module_cause(origin, b.calls[origin.index])
     return _finish(
-        context,
+        pair,
         cause,
         "It arose in an enclosing module's own code: " + explanation,
         fix,
@@ -455,13 +456,13 @@ def _diverging_call(context: _Context, index: int) -> Diagnosis:
     )
 
 
-def _sequence(context: _Context, split: int) -> Diagnosis:
-    a, b = context.a, context.b
+def _sequence(pair: _Pair, split: int) -> Diagnosis:
+    a, b = pair.a, pair.b
     first_call = a.calls[split] if split < len(a) else None
     other_call = b.calls[split] if split < len(b) else None
     described = [
         f"run 0 called {_name(first_call)}" if first_call else "run 0 stopped",
-        f"{context.other} called {_name(other_call)}" if other_call else f"{context.other} stopped",
+        f"{pair.other} called {_name(other_call)}" if other_call else f"{pair.other} stopped",
     ]
     lines = [
         f"The runs made a different sequence of module calls from call {split} on: "
@@ -475,7 +476,7 @@ def _sequence(context: _Context, split: int) -> Diagnosis:
             "chose differently: a loop whose length depends on randomness (sampling until an "
             "end token) or on values computed outside forward calls."
         )
-        if context.kind == "seed":
+        if pair.kind == "seed":
             explanation += (
                 " In the probe run only draws inside forward calls change, so that choice "
                 "depends on random draws made inside the model."
@@ -485,7 +486,7 @@ def _sequence(context: _Context, split: int) -> Diagnosis:
             "the sampling a torch.Generator, or mark the test stochastic=True if sampling is "
             "the point"
         )
-        return _finish(context, CALL_SEQUENCE, explanation, fix, lines)
+        return _finish(pair, CALL_SEQUENCE, explanation, fix, lines)
     parent = a.calls[parent_index]
     twin = b.calls[parent_index]
     lines.append(
@@ -497,7 +498,7 @@ def _sequence(context: _Context, split: int) -> Diagnosis:
         origin = _origin(a, b, parent)
         if origin is None:
             return _finish(
-                context,
+                pair,
                 BEFORE_MODEL,
                 "the inputs of the outermost call already differed, so the cause lies before "
                 "the model (the data, an unseeded generator, the caller).",
@@ -508,26 +509,26 @@ def _sequence(context: _Context, split: int) -> Diagnosis:
                 inputs_differed=True,
             )
         parent, twin = origin, b.calls[origin.index]
-    cause, explanation, fix = context.module_cause(parent, twin)
+    cause, explanation, fix = pair.module_cause(parent, twin)
     explanation = (
         f"{_name(parent)} decided differently which modules to call (random layer drop / "
         f"stochastic depth by skipping, or data-dependent control flow). " + explanation
     )
-    return _finish(context, cause, explanation, fix, lines, record=parent, inputs_differed=False)
+    return _finish(pair, cause, explanation, fix, lines, record=parent, inputs_differed=False)
 
 
-def _nothing(context: _Context) -> Diagnosis:
-    if not len(context.a):
+def _nothing(pair: _Pair) -> Diagnosis:
+    if not len(pair.a):
         lines = [
             "No torch module was called through Module.__call__, so no module can be named "
             "(calls such as module.forward(x) or compiled code are not seen)."
         ]
     else:
         lines = [
-            f"All {len(context.a)} module calls returned identical outputs in both runs, so "
+            f"All {len(pair.a)} module calls returned identical outputs in both runs, so "
             "the difference arose outside module forward calls."
         ]
-    if context.kind == "seed":
+    if pair.kind == "seed":
         explanation = (
             "in the probe run only random draws inside forward calls change: they reached the "
             "checked values without changing any module's output (a forward hook, or a "
@@ -548,4 +549,4 @@ def _nothing(context: _Context) -> Diagnosis:
         )
         fix = _OUTSIDE_RNG_FIX
         cause = OUTSIDE_RNG
-    return _finish(context, cause, explanation, fix, lines)
+    return _finish(pair, cause, explanation, fix, lines)

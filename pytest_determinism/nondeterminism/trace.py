@@ -193,7 +193,7 @@ class OutermostObserver(Protocol):
 
 
 def describe_fingerprint(fingerprint: Fingerprint | None) -> str:
-    """A short text of what a fingerprint holds (``0: float32[2, 8]``), for reports."""
+    """A short text of what a fingerprint holds (``0: float32[2, 8]``), for messages."""
     if fingerprint is None:
         return "(raised)"
     if not fingerprint:

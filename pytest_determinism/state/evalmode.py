@@ -3,9 +3,10 @@
 A global forward pre-hook sees every module call, also inside third-party code. A module
 found in training mode is switched to eval mode (with all its submodules) before its
 forward runs; if it holds stochastic layers in training mode (dropout, DropPath /
-stochastic depth, BatchNorm, ...), that is the bug of problem 000 in the user's own
-inference code, so it is named in a ``DeterminismWarning`` (or fails the test in strict
-mode). Every ``training`` flag changed is restored when the test ends.
+stochastic depth, BatchNorm, ...), the user's own inference code forgot ``model.eval()``
+and gives a different answer at every call outside the test, so it is named in a
+``DeterminismWarning`` (or fails the test in strict mode). Every ``training`` flag changed
+is restored when the test ends.
 """
 
 from __future__ import annotations
