@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch.nn.modules import module as torch_module
 
-from pytest_determinism.nondeterminism.trace import describe_fingerprint, tracing
+from pytest_determinism.nondeterminism.trace import tracing
 from pytest_determinism.state.evalmode import EvalModeGuard
 
 
@@ -106,8 +106,6 @@ def test_inputs_outputs_and_keyword_arguments_are_fingerprinted() -> None:
         ("logits", "float32", (3, 2)),
         ("count", "int", ()),
     ]
-    assert describe_fingerprint(root.outputs) == "logits: float32[3, 2], count: int"
-    assert describe_fingerprint(None) == "(raised)"
     # The output of one call is the input of the next: the same digest.
     lin, drop = trace.calls[2], trace.calls[3]
     assert lin.outputs is not None

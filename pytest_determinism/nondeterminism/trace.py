@@ -63,7 +63,6 @@ __all__ = [
     "LeafPrint",
     "OutermostObserver",
     "Trace",
-    "describe_fingerprint",
     "tracing",
 ]
 
@@ -83,7 +82,7 @@ _MAX_DEPTH = 6
 
 # Positions in a raw call row; rows are plain lists because a dataclass per call costs
 # more than the rest of the bookkeeping, and most traces are never read call by call.
-_PARENT, _OUTER, _QUALNAME, _CLASS, _INPUTS, _STATE, _OUTPUTS, _TRAINING, _LAST, _EXIT = range(10)
+_PARENT, _OUTER, _QUALNAME, _CLASS, _INPUTS, _STATE, _OUTPUTS, _TRAINING, _LAST = range(9)
 
 
 @dataclass(frozen=True, eq=False)
@@ -96,8 +95,7 @@ class CallRecord:
     class name and ``qualname`` the name within it (``""`` for the outermost module itself).
     ``training`` is read when the call returns, after every pre-hook (the plugin's eval-mode
     switch included) has run. ``outputs`` is ``None`` when the forward raised. ``state``
-    fingerprints the module's own buffers and parameters on entry. ``exit_position`` is the
-    call's place in the order in which calls returned.
+    fingerprints the module's own buffers and parameters on entry.
     """
 
     index: int
@@ -113,7 +111,6 @@ class CallRecord:
     outputs: Fingerprint | None
     training: bool
     last: int
-    exit_position: int
 
     @property
     def display_name(self) -> str:
@@ -178,7 +175,6 @@ class Trace:
             outputs=row[_OUTPUTS],
             training=row[_TRAINING],
             last=row[_LAST],
-            exit_position=row[_EXIT],
         )
 
 
@@ -190,20 +186,6 @@ class OutermostObserver(Protocol):
 
     def outermost_exit(self, module: Any, number: int) -> None:
         """Outermost call ``number`` returned or raised."""
-
-
-def describe_fingerprint(fingerprint: Fingerprint | None) -> str:
-    """A short text of what a fingerprint holds (``0: float32[2, 8]``), for messages."""
-    if fingerprint is None:
-        return "(raised)"
-    if not fingerprint:
-        return "(nothing)"
-    parts = []
-    for path, kind, shape, _digest in fingerprint[:6]:
-        dims = "[" + ", ".join(str(n) for n in shape) + "]" if shape else ""
-        parts.append(f"{path or 'value'}: {kind}{dims}")
-    more = f", and {len(fingerprint) - 6} more" if len(fingerprint) > 6 else ""
-    return ", ".join(parts) + more
 
 
 _PLAIN = (bool, int, float, complex, str, bytes, type(None))
@@ -414,7 +396,6 @@ class _Tracer:
             None,
             False,
             index,
-            -1,
         ]
         trace.rows.append(row)
         stack.append((module, row))
@@ -443,7 +424,6 @@ class _Tracer:
             # bumping the version counter: hash those buffers afresh at the next call.
             for buffer in module._buffers.values():
                 self.digests.pop(id(buffer), None)
-        row[_EXIT] = len(trace.exit_order)
         trace.exit_order.append(row[_LAST])
         row[_LAST] = len(trace.rows) - 1
         if not stack and self.observer is not None:
