@@ -7,7 +7,7 @@ from collections.abc import Callable
 import pytest
 import torch
 
-from pytest_determinism.nondeterminism import diagnosis as d
+from pytest_determinism.nondeterminism import causes as d
 from pytest_determinism.nondeterminism.diagnosis import Diagnosis, diagnose
 from pytest_determinism.nondeterminism.probe import SeedProbe
 from pytest_determinism.nondeterminism.torch_errors import explain_torch_error

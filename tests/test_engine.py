@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from pytest_determinism.golden.values import Leaf, flatten
-from pytest_determinism.nondeterminism import diagnosis as d
+from pytest_determinism.nondeterminism import causes as d
 from pytest_determinism.nondeterminism.runs import Verdict, check_runs
 from pytest_determinism.state.evalmode import EvalModeGuard
 from pytest_determinism.state.rng import capture_rng
