@@ -54,7 +54,9 @@ def _outside_frame() -> tuple[str, int]:
     global _TORCH_DIR
     if _TORCH_DIR is None:
         _TORCH_DIR = os.path.dirname(sys.modules["torch"].__file__ or "")
-    own_dir = os.path.dirname(__file__)
+    # The whole package, not only state/: the plugin's frames that call into user code
+    # live in its top level.
+    own_dir = os.path.dirname(os.path.dirname(__file__))
     frame = sys._getframe(1)
     while frame.f_back is not None:
         filename = frame.f_code.co_filename
