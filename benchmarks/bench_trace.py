@@ -33,7 +33,8 @@ from collections.abc import Callable
 import torch
 from torch.nn.modules import module as torch_module
 
-from pytest_determinism.nondeterminism.trace import _tensor_digest, tracing
+from pytest_determinism.nondeterminism.digest import tensor_digest
+from pytest_determinism.nondeterminism.trace import tracing
 from pytest_determinism.state.evalmode import EvalModeGuard
 
 GOAL = 1.3
@@ -158,7 +159,7 @@ class BareMinimumTracer:
         if self.stack and self.stack[-1] is module:
             self.stack.pop()
             if type(result) is torch.Tensor:
-                self.rows.append((id(module), _tensor_digest(torch, result)))
+                self.rows.append((id(module), tensor_digest(torch, result)))
 
 
 def time_model(

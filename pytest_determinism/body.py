@@ -44,7 +44,7 @@ def run_body(
         # Raised from the forward pre-hook; torch's and the hook's frames say nothing.
         explained = str(exc) + _location_in(exc, item)
     except RuntimeError as exc:
-        from pytest_determinism.nondeterminism.diagnosis import explain_torch_error
+        from pytest_determinism.nondeterminism.torch_errors import explain_torch_error
 
         explained = explain_torch_error(exc)
         if explained is None:

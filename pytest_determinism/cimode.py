@@ -1,8 +1,8 @@
 """``--determinism``: one marked test's body run repeatedly and under the seed probe.
 
-The engine (``engine.check_runs``) decides; this module feeds it the test body as a
-callable whose evidence is what the run passed to ``golden_tensor.check``, and turns the
-verdict into the test's outcome: nondeterminism first (with its report), then a golden
+The run checker (``nondeterminism.runs.check_runs``) decides; this module feeds it the test
+body as a callable whose evidence is what the run passed to ``golden_tensor.check``, and turns
+the verdict into the test's outcome: nondeterminism first (with its message), then a golden
 mismatch of the first run, then whatever the first run raised.
 """
 
@@ -62,7 +62,7 @@ def run_ci_mode(
     test.first_diverging_class = verdict.module_class
     if not verdict.ok:
         record.nondeterministic.append(item.nodeid)
-        pytest.fail(verdict.report, pytrace=False)
+        pytest.fail(verdict.message, pytrace=False)
     if golden is not None and golden.pending_failure is not None:
         pytest.fail(golden.pending_failure, pytrace=False)
     first_error = verdict.errors[0] if verdict.errors else None

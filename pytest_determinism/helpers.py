@@ -18,8 +18,8 @@ from pytest_determinism.golden.compare import Comparison, Spot, compare
 from pytest_determinism.golden.mismatch import format_index, format_value
 from pytest_determinism.golden.tolerances import resolve_tolerance
 from pytest_determinism.golden.values import Leaf, flatten
-from pytest_determinism.nondeterminism.diagnosis import explain_torch_error
 from pytest_determinism.nondeterminism.runs import check_runs
+from pytest_determinism.nondeterminism.torch_errors import explain_torch_error
 from pytest_determinism.state.context import current_seed, tolerance_overrides
 
 __all__ = ["assert_batch_invariant", "assert_deterministic"]
@@ -45,7 +45,7 @@ def assert_deterministic(
     when torch refused an op that has no deterministic implementation).
 
     On failure raises :class:`~pytest_determinism.errors.NondeterminismError` with the
-    nondeterminism report, which names the first torch module whose output diverged.
+    verdict's message, which names the first torch module whose output diverged.
     Returns the first run's result. Every RNG is left as it was found. Inside a test that
     ``--determinism`` is itself checking, this call's runs decide: the CI mode's trace and
     probe stand aside while it runs.
@@ -73,7 +73,7 @@ def assert_deterministic(
 
     verdict = check_runs(run_once, runs=runs, seed=seed, stochastic=stochastic)
     if not verdict.ok:
-        raise NondeterminismError(verdict.report)
+        raise NondeterminismError(verdict.message)
     first_error = verdict.errors[0]
     if first_error is not None:
         explanation = explain_torch_error(first_error)

@@ -125,7 +125,7 @@ def test_inside_a_checked_run_the_helper_decides() -> None:
         return flatten(assert_deterministic(model, X, stochastic=True))
 
     verdict = check_runs(run_once, runs=2, seed=0, stochastic=False)
-    assert verdict.ok, verdict.report
+    assert verdict.ok, verdict.message
 
 
 def test_droppath_in_a_transformers_convnext_is_named() -> None:

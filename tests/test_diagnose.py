@@ -7,9 +7,10 @@ from collections.abc import Callable
 import pytest
 import torch
 
-from pytest_determinism.nondeterminism import diagnosis as d
-from pytest_determinism.nondeterminism.diagnosis import Diagnosis, diagnose, explain_torch_error
+from pytest_determinism.nondeterminism import causes as d
+from pytest_determinism.nondeterminism.diagnosis import Diagnosis, diagnose
 from pytest_determinism.nondeterminism.probe import SeedProbe
+from pytest_determinism.nondeterminism.torch_errors import explain_torch_error
 from pytest_determinism.nondeterminism.trace import Trace, tracing
 from pytest_determinism.state.rng import seed_everything
 

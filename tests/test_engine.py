@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from pytest_determinism.golden.values import Leaf, flatten
-from pytest_determinism.nondeterminism import diagnosis as d
+from pytest_determinism.nondeterminism import causes as d
 from pytest_determinism.nondeterminism.runs import Verdict, check_runs
 from pytest_determinism.state.evalmode import EvalModeGuard
 from pytest_determinism.state.rng import capture_rng
@@ -67,7 +67,7 @@ def test_a_deterministic_model_passes() -> None:
     verdict = check(Net().eval(), runs=3)
     assert verdict.ok
     assert verdict.kind is None
-    assert verdict.report == ""
+    assert verdict.message == ""
     assert (verdict.module, verdict.module_class) == (None, None)
     assert verdict.runs_made == 4
     assert verdict.probe_run
@@ -86,9 +86,9 @@ def test_dropout_in_training_mode_is_found_by_the_probe_only() -> None:
     assert verdict.diverging_run == 2
     assert verdict.diagnosis is not None
     assert verdict.diagnosis.cause == d.STOCHASTIC_LAYER
-    assert verdict.report.startswith("Seed-dependent: the probe run differs from run 0.")
-    assert "module: middle" in verdict.report
-    assert "model.eval()" in verdict.report
+    assert verdict.message.startswith("Seed-dependent: the probe run differs from run 0.")
+    assert "module: middle" in verdict.message
+    assert "model.eval()" in verdict.message
 
 
 def test_a_draw_from_torchs_rng_in_eval_mode() -> None:
@@ -97,7 +97,7 @@ def test_a_draw_from_torchs_rng_in_eval_mode() -> None:
     assert (verdict.module, verdict.module_class) == ("middle", "EvalNoise")
     assert verdict.diagnosis is not None
     assert verdict.diagnosis.cause == d.RNG_IN_EVAL
-    assert "pass the forward a torch.Generator" in verdict.report
+    assert "pass the forward a torch.Generator" in verdict.message
 
 
 @pytest.mark.parametrize(
@@ -114,8 +114,8 @@ def test_noise_from_an_unseeded_generator_fails_repeat_runs(
     assert verdict.diagnosis is not None
     assert verdict.diagnosis.cause == d.OUTSIDE_RNG
     assert verdict.diagnosis.inputs_differed is False
-    assert verdict.report.startswith("Nondeterministic: run 1 differs from run 0")
-    assert "out: float32[4, 2]: 8 of 8 elements differ, max abs diff" in verdict.report
+    assert verdict.message.startswith("Nondeterministic: run 1 differs from run 0")
+    assert "out: float32[4, 2]: 8 of 8 elements differ, max abs diff" in verdict.message
 
 
 def test_randomness_before_the_model() -> None:
@@ -132,7 +132,7 @@ def test_randomness_before_the_model() -> None:
     assert verdict.diagnosis is not None
     assert verdict.diagnosis.cause == d.BEFORE_MODEL
     assert verdict.diagnosis.inputs_differed is True
-    assert "the cause lies before the model" in verdict.report
+    assert "the cause lies before the model" in verdict.message
 
 
 def test_batchnorm_in_training_mode_leaves_state_behind() -> None:
@@ -149,7 +149,7 @@ def test_batchnorm_in_training_mode_leaves_state_behind() -> None:
     assert (verdict.module, verdict.module_class) == ("middle", "BatchNorm1d")
     assert verdict.diagnosis is not None
     assert verdict.diagnosis.cause == d.STATE_LEFT
-    assert "running_mean" in verdict.report
+    assert "running_mean" in verdict.message
 
 
 def test_a_model_built_from_the_seed_in_the_body_is_no_false_alarm() -> None:
@@ -160,7 +160,7 @@ def test_a_model_built_from_the_seed_in_the_body_is_no_false_alarm() -> None:
         return flatten({"out": model(x) + torch.from_numpy(noise), "after": torch.rand(3)})
 
     verdict = check_runs(run_once, runs=3, seed=11, stochastic=False)
-    assert verdict.ok, verdict.report
+    assert verdict.ok, verdict.message
 
 
 def test_draws_between_forward_calls_are_the_tests_own() -> None:
@@ -194,7 +194,7 @@ def test_a_different_number_of_forward_calls_in_the_probe_run() -> None:
     verdict = check_runs(run_once, runs=2, seed=0, stochastic=False)
     assert verdict.kind == "seed"
     assert "forward calls: the probe run made 2 outermost forward calls, the reference run 8" in (
-        verdict.report
+        verdict.message
     )
     # The first coin flip already differs: that call is named.
     assert verdict.module_class == "Coin"
@@ -226,7 +226,7 @@ def test_max_abs_diff_is_reported() -> None:
     (diff,) = verdict.differences
     assert diff.max_abs_diff == 0.5
     assert (diff.count, diff.size) == (1, 3)
-    assert "max abs diff 0.5 at (1,): run 0 2.0, run 1 2.5" in verdict.report
+    assert "max abs diff 0.5 at (1,): run 0 2.0, run 1 2.5" in verdict.message
 
 
 def test_identical_errors_agree_and_are_kept() -> None:
@@ -247,8 +247,8 @@ def test_an_error_in_one_run_only_is_a_divergence() -> None:
 
     verdict = check_runs(run_once, runs=2, seed=0, stochastic=True)
     assert verdict.kind == "repeat"
-    assert "run 0 returned normally" in verdict.report
-    assert "run 1 raised ValueError: second run" in verdict.report
+    assert "run 0 returned normally" in verdict.message
+    assert "run 1 raised ValueError: second run" in verdict.message
     assert verdict.errors[0] is None
     assert isinstance(verdict.errors[1], ValueError)
 
@@ -263,7 +263,7 @@ def test_a_torch_error_for_a_nondeterministic_op_is_explained() -> None:
         return {}
 
     verdict = check_runs(run_once, runs=2, seed=0, stochastic=True)
-    assert "@deterministic(warn_only=True)" in verdict.report
+    assert "@deterministic(warn_only=True)" in verdict.message
 
 
 def test_exceptions_outside_catch_propagate_and_nothing_is_left_behind() -> None:
@@ -309,7 +309,7 @@ def test_an_inner_check_decides_and_the_outer_probe_stands_aside() -> None:
         return dict(inner.evidence)
 
     verdict = check_runs(run_once, runs=2, seed=0, stochastic=False)
-    assert verdict.ok, verdict.report
+    assert verdict.ok, verdict.message
     assert all(inner.ok for inner in inner_verdicts)
     assert len(inner_verdicts) == 3
 
@@ -338,7 +338,7 @@ def test_the_eval_mode_hook_registered_earlier_runs_first() -> None:
         verdict = check(model)
     finally:
         guard.restore()
-    assert verdict.ok, verdict.report
+    assert verdict.ok, verdict.message
     assert model.training
 
 
@@ -356,7 +356,7 @@ def test_without_torch_only_the_evidence_is_compared() -> None:
             lambda i: flatten(unseeded.random(3)), runs=2, seed=0, stochastic=False
         )
         print(ok.ok, ok.probe_run, ok.runs_made, bad.kind, "torch" in sys.modules)
-        print("not traced" in bad.report)
+        print("not traced" in bad.message)
         """
     )
     result = subprocess.run(

@@ -154,7 +154,6 @@ def test_different_modules_are_a_mismatch() -> None:
     assert probe.mismatch == (
         "outermost forward call 0 was ReLU in the probe run but Identity in the reference run"
     )
-    assert probe.reference_calls == ["Identity"]
 
 
 def test_no_mismatch_before_replaying() -> None:
@@ -176,4 +175,3 @@ def test_an_inner_block_hides_its_calls_from_an_outer_probe() -> None:
     with tracing(probe), tracing():
         other = drop(torch.ones(16))
     assert torch.equal(reference, other)
-    assert probe.reference_calls == []

@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch.nn.modules import module as torch_module
 
-from pytest_determinism.nondeterminism.trace import describe_fingerprint, tracing
+from pytest_determinism.nondeterminism.trace import tracing
 from pytest_determinism.state.evalmode import EvalModeGuard
 
 
@@ -106,8 +106,6 @@ def test_inputs_outputs_and_keyword_arguments_are_fingerprinted() -> None:
         ("logits", "float32", (3, 2)),
         ("count", "int", ()),
     ]
-    assert describe_fingerprint(root.outputs) == "logits: float32[3, 2], count: int"
-    assert describe_fingerprint(None) == "(raised)"
     # The output of one call is the input of the next: the same digest.
     lin, drop = trace.calls[2], trace.calls[3]
     assert lin.outputs is not None
@@ -351,30 +349,30 @@ def test_nan_arguments_and_dataclass_outputs() -> None:
 
 @pytest.mark.parametrize("size", [7, 4096, 1 << 13])
 def test_small_tensors_are_hashed_whole(size: int) -> None:
-    from pytest_determinism.nondeterminism.trace import _tensor_digest
+    from pytest_determinism.nondeterminism.digest import tensor_digest
 
     base = torch.randint(0, 256, (size,), dtype=torch.uint8, generator=torch.Generator())
     base[0], base[-1] = 1, 2
-    digest = _tensor_digest(torch, base)
-    assert _tensor_digest(torch, base.clone()) == digest
+    digest = tensor_digest(torch, base)
+    assert tensor_digest(torch, base.clone()) == digest
     seen = {digest}
     for position in range(0, size, max(1, size // 97)):
         flipped = base.clone()
         flipped[position] ^= 1
-        seen.add(_tensor_digest(torch, flipped))
+        seen.add(tensor_digest(torch, flipped))
     swapped = base.clone()
     swapped[0], swapped[-1] = 2, 1
-    seen.add(_tensor_digest(torch, swapped))
+    seen.add(tensor_digest(torch, swapped))
     assert len(seen) == len(range(0, size, max(1, size // 97))) + 2
 
 
 @pytest.mark.parametrize("size", [(1 << 13) + 1, (1 << 14) + 3, 1 << 16, (1 << 20) + 5])
 def test_large_tensors_are_fingerprinted_by_a_spread_sample(size: int) -> None:
-    from pytest_determinism.nondeterminism import trace as module
+    from pytest_determinism.nondeterminism import digest as module
 
     base = torch.randint(0, 256, (size,), dtype=torch.uint8, generator=torch.Generator())
-    digest = module._tensor_digest(torch, base)
-    assert module._tensor_digest(torch, base.clone()) == digest
+    digest = module.tensor_digest(torch, base)
+    assert module.tensor_digest(torch, base.clone()) == digest
     words = size // 8
     start, step = module._sample_layout(words)
     sampled = [(start + k * step) * 8 for k in range(module._SAMPLE_WORDS)]
@@ -384,26 +382,26 @@ def test_large_tensors_are_fingerprinted_by_a_spread_sample(size: int) -> None:
     for position in [*sampled[:: max(1, len(sampled) // 40)], sampled[-1] + 7, size - 1]:
         flipped = base.clone()
         flipped[position] ^= 0x80
-        assert module._tensor_digest(torch, flipped) != digest, position
+        assert module.tensor_digest(torch, flipped) != digest, position
     # A change between sampled words is not: the price of a cost independent of size.
     unsampled = base.clone()
     unsampled[sampled[0] + 8] ^= 1
-    assert module._tensor_digest(torch, unsampled) == digest
+    assert module.tensor_digest(torch, unsampled) == digest
     # A change to a few percent of the elements, as dropout or noise makes, is.
     noisy = base.clone()
     noisy[torch.randperm(size, generator=torch.Generator().manual_seed(1))[: size // 50]] += 1
-    assert module._tensor_digest(torch, noisy) != digest
+    assert module.tensor_digest(torch, noisy) != digest
 
 
 @pytest.mark.parametrize("size", [7, 1 << 13, (1 << 14) + 3, (1 << 20) + 5])
 def test_tensors_off_the_cpu_get_the_same_digest_from_their_sample(size: int) -> None:
-    from pytest_determinism.nondeterminism.trace import _device_digest, _tensor_digest
+    from pytest_determinism.nondeterminism.digest import _device_digest, tensor_digest
 
     # The device path runs on CPU tensors too; only the sample would cross to the host.
     base = torch.randint(0, 256, (size,), dtype=torch.uint8, generator=torch.Generator())
     shifted = torch.empty(size + 3, dtype=torch.uint8)[3:]  # a misaligned storage offset
     shifted.copy_(base)
-    digest = _tensor_digest(torch, base)
+    digest = tensor_digest(torch, base)
     assert _device_digest(torch, base, size) == digest
     assert _device_digest(torch, shifted, size) == digest
 
@@ -411,26 +409,26 @@ def test_tensors_off_the_cpu_get_the_same_digest_from_their_sample(size: int) ->
 def test_per_size_digesters_stay_bounded_and_agree_with_fresh_ones(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from pytest_determinism.nondeterminism import trace as module
+    from pytest_determinism.nondeterminism import digest as module
 
     monkeypatch.setattr(module, "_digesters", {})
     monkeypatch.setattr(module, "_DIGESTERS_KEPT", 3)
     generator = torch.Generator().manual_seed(3)
     tensors = [torch.randn(n, generator=generator) for n in (5, 3000, 4096, 70001, 5, 3000)]
-    first = [module._tensor_digest(torch, tensor) for tensor in tensors]
+    first = [module.tensor_digest(torch, tensor) for tensor in tensors]
     assert len(module._digesters) <= 3
     # The same sizes again, from a cleared table: the same digests.
     module._digesters.clear()
-    assert [module._tensor_digest(torch, tensor) for tensor in tensors] == first
+    assert [module.tensor_digest(torch, tensor) for tensor in tensors] == first
     # Through NumPy (a Parameter) and straight from memory, one digest.
-    assert module._tensor_digest(torch, torch.nn.Parameter(tensors[3])) == first[3]
+    assert module.tensor_digest(torch, torch.nn.Parameter(tensors[3])) == first[3]
 
 
 def test_tensor_subclasses_are_hashed_through_numpy() -> None:
-    from pytest_determinism.nondeterminism.trace import _tensor_digest
+    from pytest_determinism.nondeterminism.digest import tensor_digest
 
     class Tagged(torch.Tensor):
         pass
 
     plain = torch.randn(5000)
-    assert _tensor_digest(torch, plain.as_subclass(Tagged)) == _tensor_digest(torch, plain)
+    assert tensor_digest(torch, plain.as_subclass(Tagged)) == tensor_digest(torch, plain)

@@ -90,11 +90,6 @@ class SeedProbe:
             restore_rng(state)
 
     @property
-    def reference_calls(self) -> list[str]:
-        """Class names of the reference run's outermost calls, in order."""
-        return list(self._reference)
-
-    @property
     def mismatch(self) -> str | None:
         """How the probe run's outermost calls differ from the reference run's, if they do."""
         if not self.replaying or self._probed == self._reference:

@@ -4,7 +4,7 @@
 knows nothing of pytest: it calls ``run_once(i)``, which returns the evidence of run ``i``
 (``{key: Leaf}``), and compares the evidence of every run with run 0's, bit for bit. Each
 run is traced (:mod:`pytest_determinism.nondeterminism.trace`), so a difference comes with
-a report naming the first torch module whose output diverged
+a message naming the first torch module whose output diverged
 (:mod:`pytest_determinism.nondeterminism.diagnosis`).
 
 torch modules are traced and probed only when torch was imported before the check began,
@@ -21,7 +21,7 @@ import re
 from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from pytest_determinism.golden.compare import Spot, compare
 from pytest_determinism.golden.mismatch import format_index, format_value
@@ -39,10 +39,12 @@ if TYPE_CHECKING:
     from pytest_determinism.nondeterminism.diagnosis import Diagnosis
     from pytest_determinism.nondeterminism.probe import SeedProbe
 
-__all__ = ["KeyDifference", "Verdict", "check_runs"]
+__all__ = ["KeyDifference", "RunKind", "Verdict", "check_runs"]
 
-REPEAT = "repeat"
-SEED = "seed"
+#: Which question a failed check answered no to: ``"repeat"``, a run reseeded alike gave
+#: other evidence; ``"seed"``, the probe run (draws inside forward calls from another seed)
+#: did. These strings are also the ``verdict`` of a test in the JSON report.
+RunKind = Literal["repeat", "seed"]
 
 
 @dataclass(frozen=True)
@@ -72,7 +74,7 @@ class Verdict:
     ``ok`` is true when every run agreed. ``kind`` says which question failed: ``"repeat"``
     (a run reseeded alike gave other evidence) or ``"seed"`` (the probe run, where draws
     inside forward calls come from another seed, gave other evidence or other forward
-    calls); ``None`` when ok. ``report`` is the full text (empty when ok).
+    calls); ``None`` when ok. ``message`` is the full text (empty when ok).
     ``module`` / ``module_class`` name the first module call whose output differed (its
     qualified name, ``<root Class>`` for an outermost module, and its class), when one did.
     ``differences`` lists the checked values that differed; ``errors`` holds, per run made
@@ -84,8 +86,8 @@ class Verdict:
     """
 
     ok: bool
-    kind: str | None
-    report: str
+    kind: RunKind | None
+    message: str
     module: str | None
     module_class: str | None
     differences: tuple[KeyDifference, ...]
@@ -201,7 +203,7 @@ def _same(a: _Run, b: _Run) -> bool:
 
 
 def _explained_error(error: BaseException | None) -> str:
-    from pytest_determinism.nondeterminism.diagnosis import explain_torch_error
+    from pytest_determinism.nondeterminism.torch_errors import explain_torch_error
 
     if error is None:
         return "returned normally"
@@ -210,8 +212,8 @@ def _explained_error(error: BaseException | None) -> str:
     return text if explanation is None else f"{text}\n    {explanation}"
 
 
-def _report(
-    kind: str,
+def _message(
+    kind: RunKind,
     index: int,
     runs: int,
     seed: int,
@@ -221,7 +223,7 @@ def _report(
     diagnosis: Diagnosis | None,
     mismatch: str | None,
 ) -> str:
-    if kind == REPEAT:
+    if kind == "repeat":
         lines = [
             f"Nondeterministic: run {index} differs from run 0 (runs reseeded with seed "
             f"{seed} before each; {index + 1} of {runs} runs made)."
@@ -236,7 +238,7 @@ def _report(
     if mismatch is not None:
         lines.append(f"  forward calls: {mismatch}")
     if not _same_error(first.error, other.error):
-        name = f"run {index}" if kind == REPEAT else "the probe run"
+        name = f"run {index}" if kind == "repeat" else "the probe run"
         lines.append(f"  run 0 {_explained_error(first.error)}")
         lines.append(f"  {name} {_explained_error(other.error)}")
     if differences:
@@ -252,7 +254,7 @@ def _report(
 
 
 def _failure(
-    kind: str,
+    kind: RunKind,
     index: int,
     runs: int,
     seed: int,
@@ -262,7 +264,7 @@ def _failure(
     from pytest_determinism.nondeterminism.diagnosis import diagnose
 
     first, other = made[0], made[-1]
-    name = f"run {index}" if kind == REPEAT else "the probe run"
+    name = f"run {index}" if kind == "repeat" else "the probe run"
     differences = _differences(first.evidence, other.evidence, name)
     diagnosis = None
     if first.trace is not None and other.trace is not None:
@@ -270,7 +272,7 @@ def _failure(
     return Verdict(
         ok=False,
         kind=kind,
-        report=_report(kind, index, runs, seed, first, other, differences, diagnosis, mismatch),
+        message=_message(kind, index, runs, seed, first, other, differences, diagnosis, mismatch),
         module=None if diagnosis is None else diagnosis.module,
         module_class=None if diagnosis is None else diagnosis.cls,
         differences=tuple(differences),
@@ -278,7 +280,7 @@ def _failure(
         evidence=first.evidence,
         diverging_run=index,
         runs_made=len(made),
-        probe_run=kind == SEED,
+        probe_run=kind == "seed",
         diagnosis=diagnosis,
     )
 
@@ -316,17 +318,17 @@ def check_runs(
         for index in range(1, runs):
             made.append(_run(run_once, index, seed, catch, traced, None))
             if not _same(made[0], made[-1]):
-                return _failure(REPEAT, index, runs, seed, made)
+                return _failure("repeat", index, runs, seed, made)
             made[-1].trace = None  # only run 0's trace is kept for later comparisons
         if probe is not None:
             probe.replay()
             made.append(_run(run_once, runs, seed, catch, traced, probe))
             if probe.mismatch is not None or not _same(made[0], made[-1]):
-                return _failure(SEED, runs, runs, seed, made, probe.mismatch)
+                return _failure("seed", runs, runs, seed, made, probe.mismatch)
         return Verdict(
             ok=True,
             kind=None,
-            report="",
+            message="",
             module=None,
             module_class=None,
             differences=(),

@@ -18,10 +18,11 @@ Limits, by design:
 - Positional arguments are fingerprinted on entry, keyword arguments when the call returns
   (global pre-hooks do not receive them), so an in-place change to a keyword argument shows
   as an input difference.
-- Tensors up to 8 KiB are hashed whole; larger ones by a fixed sample of 256 of their
-  64-bit words spread evenly over them plus their last bytes, so a difference confined to a
-  few elements of a large tensor can go unseen at that call and show at the next call it
-  spreads to (a dense change, such as dropout or noise makes, is always seen).
+- Tensors are digested by :mod:`pytest_determinism.nondeterminism.digest`: up to 8 KiB
+  whole, larger ones by a fixed sample of 256 of their 64-bit words spread evenly over them
+  plus their last bytes, so a difference confined to a few elements of a large tensor can
+  go unseen at that call and show at the next call it spreads to (a dense change, such as
+  dropout or noise makes, is always seen).
 - Tensors off the CPU are sampled on their device; only the sample is copied to the CPU,
   which synchronises the device.
 - Calls of torch's elementwise activations and reshapes (``ReLU``, ``GELU``, ``Identity``,
@@ -43,18 +44,16 @@ own checks inside a test that is itself being checked decides alone.
 
 from __future__ import annotations
 
-import ctypes
 import dataclasses
 import functools
-import sys
 import threading
 import weakref
-import zlib
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from pytest_determinism.nondeterminism.digest import array_digest, tensor_digest
 from pytest_determinism.state.evalmode import is_stochastic
 from pytest_determinism.state.snapshot import TorchFlags, capture_torch_flags
 
@@ -64,7 +63,6 @@ __all__ = [
     "LeafPrint",
     "OutermostObserver",
     "Trace",
-    "describe_fingerprint",
     "tracing",
 ]
 
@@ -84,7 +82,7 @@ _MAX_DEPTH = 6
 
 # Positions in a raw call row; rows are plain lists because a dataclass per call costs
 # more than the rest of the bookkeeping, and most traces are never read call by call.
-_PARENT, _OUTER, _QUALNAME, _CLASS, _INPUTS, _STATE, _OUTPUTS, _TRAINING, _LAST, _EXIT = range(10)
+_PARENT, _OUTER, _QUALNAME, _CLASS, _INPUTS, _STATE, _OUTPUTS, _TRAINING, _LAST = range(9)
 
 
 @dataclass(frozen=True, eq=False)
@@ -97,8 +95,7 @@ class CallRecord:
     class name and ``qualname`` the name within it (``""`` for the outermost module itself).
     ``training`` is read when the call returns, after every pre-hook (the plugin's eval-mode
     switch included) has run. ``outputs`` is ``None`` when the forward raised. ``state``
-    fingerprints the module's own buffers and parameters on entry. ``exit_position`` is the
-    call's place in the order in which calls returned.
+    fingerprints the module's own buffers and parameters on entry.
     """
 
     index: int
@@ -114,7 +111,6 @@ class CallRecord:
     outputs: Fingerprint | None
     training: bool
     last: int
-    exit_position: int
 
     @property
     def display_name(self) -> str:
@@ -179,7 +175,6 @@ class Trace:
             outputs=row[_OUTPUTS],
             training=row[_TRAINING],
             last=row[_LAST],
-            exit_position=row[_EXIT],
         )
 
 
@@ -191,149 +186,6 @@ class OutermostObserver(Protocol):
 
     def outermost_exit(self, module: Any, number: int) -> None:
         """Outermost call ``number`` returned or raised."""
-
-
-def describe_fingerprint(fingerprint: Fingerprint | None) -> str:
-    """A short text of what a fingerprint holds (``0: float32[2, 8]``), for reports."""
-    if fingerprint is None:
-        return "(raised)"
-    if not fingerprint:
-        return "(nothing)"
-    parts = []
-    for path, kind, shape, _digest in fingerprint[:6]:
-        dims = "[" + ", ".join(str(n) for n in shape) + "]" if shape else ""
-        parts.append(f"{path or 'value'}: {kind}{dims}")
-    more = f", and {len(fingerprint) - 6} more" if len(fingerprint) > 6 else ""
-    return ", ".join(parts) + more
-
-
-# Tensors up to this size are hashed whole, by CRC-32. Larger ones are fingerprinted by a
-# fixed sample of their 64-bit words spread evenly over them, and their last word and
-# trailing bytes, so a call costs the same whatever the size of its tensors: hashing every
-# byte of a small transformer's activations took longer than its forward pass. A
-# difference confined to a few elements of a large tensor can go unseen at the call that
-# made it and show at the next call it spreads to; values checked with golden_tensor are
-# compared in full.
-_SAMPLE_FROM = 1 << 13
-_SAMPLE_WORDS = 256
-
-
-def _sample_layout(count: int) -> tuple[int, int]:
-    """Where the sample of ``count`` 64-bit words starts, and its step, both in words.
-
-    The sample ends on the last word, so a change at the very end of a tensor (the last
-    sample of a batch, the last token) is always seen.
-    """
-    step = (count - 1) // (_SAMPLE_WORDS - 1)
-    return count - 1 - (_SAMPLE_WORDS - 1) * step, step
-
-
-#: A buffer's size -> (the ctypes array type of that size, the digest of such a buffer).
-#: Working these out once per size saves most of the cost of a digest, which runs for
-#: almost every module call. Emptied when full: sizes are few in a model, but a test that
-#: grows a cache token by token sees a new one per step.
-_digesters: dict[int, tuple[Any, Callable[[Any], int]]] = {}
-_DIGESTERS_KEPT = 1024
-
-
-def _digester(size: int) -> tuple[Any, Callable[[Any], int]]:
-    entry = _digesters.get(size)
-    if entry is not None:
-        return entry
-    if len(_digesters) >= _DIGESTERS_KEPT:
-        _digesters.clear()
-    entry = _digesters[size] = (ctypes.c_char * size, _make_digest(size))
-    return entry
-
-
-def _make_digest(size: int) -> Callable[[Any], int]:
-    crc32 = zlib.crc32
-    if size <= _SAMPLE_FROM:
-        return crc32
-    import numpy
-
-    count = size // 8
-    start, step = _sample_layout(count)
-    array, shape, uint64 = numpy.ndarray, (_SAMPLE_WORDS,), numpy.dtype(numpy.uint64)
-    offset, strides = start * 8, (step * 8,)
-    if size % 8 == 0:
-
-        def sampled(buffer: Any) -> int:
-            # A strided view straight on the buffer: NumPy gathers the sample in one call.
-            return crc32(array(shape, uint64, buffer, offset, strides).tobytes())
-
-        return sampled
-    tail = count * 8
-
-    def sampled_with_tail(buffer: Any) -> int:
-        digest = crc32(array(shape, uint64, buffer, offset, strides).tobytes())
-        return crc32(memoryview(buffer).cast("B")[tail:], digest)
-
-    return sampled_with_tail
-
-
-def _buffer_digest(buffer: Any, size: int) -> int:
-    return _digester(size)[1](buffer)
-
-
-def _device_digest(torch: Any, flat: Any, size: int) -> int:
-    """Digest of a contiguous tensor off the CPU: only the sample crosses to the CPU."""
-    raw = flat.reshape(-1).view(torch.uint8)
-    if size <= _SAMPLE_FROM:
-        return _buffer_digest(raw.cpu().numpy(), size)
-    if raw.storage_offset() % 8:
-        # Viewing bytes as int64 needs an aligned start.
-        raw = raw.clone()
-    count = size // 8
-    start, step = _sample_layout(count)
-    sample = raw[: count * 8].view(torch.int64)[start::step].cpu().numpy()
-    digest = zlib.crc32(sample.tobytes())
-    if size % 8:
-        digest = zlib.crc32(raw[count * 8 :].cpu().numpy(), digest)
-    return digest
-
-
-def _tensor_digest(torch: Any, tensor: Any) -> int:
-    """A digest of a tensor's logical bytes, read in place when the tensor allows it."""
-    try:
-        # The common case first, in as few calls into torch as it takes: this runs for
-        # almost every module call.
-        if (
-            type(tensor) is torch.Tensor
-            and tensor.is_cpu
-            and tensor.is_contiguous()
-            and not tensor.is_neg()
-            and not tensor.is_conj()
-        ):
-            size = tensor.nbytes
-            if not size:
-                return 0
-            # Reading the storage through ctypes avoids building a NumPy view of it.
-            array_type, digest = _digester(size)
-            return digest(array_type.from_address(tensor.data_ptr()))
-        flat = tensor
-        if flat.is_conj() or flat.is_neg():
-            flat = flat.detach().resolve_conj().resolve_neg()
-        if not flat.is_contiguous():
-            flat = flat.detach().contiguous()
-        size = flat.nbytes
-        if size == 0:
-            return 0
-        if not flat.is_cpu:
-            return _device_digest(torch, flat.detach(), size)
-        # The rest (a contiguous copy, a Parameter, a subclass, which may not own the
-        # memory its pointer names) is read through NumPy.
-        return _buffer_digest(flat.detach().reshape(-1).view(torch.uint8).numpy(), size)
-    except (RuntimeError, NotImplementedError, TypeError, ValueError):
-        return -1
-
-
-def _numpy_bytes(value: Any) -> Any | None:
-    """The bytes of a NumPy array of numbers, or ``None`` for anything else."""
-    numpy = sys.modules.get("numpy")
-    if numpy is None or not isinstance(value, numpy.ndarray) or value.dtype.kind not in "biufc":
-        return None
-    return numpy.ascontiguousarray(value).reshape(-1).view(numpy.uint8)
 
 
 _PLAIN = (bool, int, float, complex, str, bytes, type(None))
@@ -356,7 +208,7 @@ def _pass_through_classes(torch: Any) -> frozenset[type]:
     return frozenset(getattr(nn, name) for name in _PASS_THROUGH.split() if hasattr(nn, name))
 
 
-class _Session:
+class _Tracer:
     """The recording state of one :func:`tracing` block; ``enter`` and ``exit`` are the
     global hooks while it is the innermost block."""
 
@@ -403,7 +255,7 @@ class _Session:
                 path,
                 self._dtype_name(tensor),
                 tensor.shape,
-                _tensor_digest(self.torch, tensor),
+                tensor_digest(self.torch, tensor),
             )
         key = id(tensor)
         hit = self.digests.get(key)
@@ -413,7 +265,7 @@ class _Session:
             return (path, hit[3], hit[4], hit[5])
         name = self._dtype_name(tensor)
         shape = tensor.shape
-        digest = _tensor_digest(self.torch, tensor)
+        digest = tensor_digest(self.torch, tensor)
         self.digests[key] = (weakref.ref(tensor), version, pointer, name, shape, digest)
         return (path, name, shape, digest)
 
@@ -443,9 +295,7 @@ class _Session:
                 name = item.name
                 self._walk(getattr(value, name), f"{path}.{name}" if path else name, out, depth + 1)
         else:
-            array = _numpy_bytes(value)
-            digest = 0 if array is None else zlib.crc32(array)
-            out.append((path, type(value).__qualname__, (), digest))
+            out.append((path, type(value).__qualname__, (), array_digest(value)))
 
     def _fingerprint(self, value: Any) -> Fingerprint:
         # The common cases first: one tensor, or a tuple of tensors (positional arguments).
@@ -546,7 +396,6 @@ class _Session:
             None,
             False,
             index,
-            -1,
         ]
         trace.rows.append(row)
         stack.append((module, row))
@@ -575,7 +424,6 @@ class _Session:
             # bumping the version counter: hash those buffers afresh at the next call.
             for buffer in module._buffers.values():
                 self.digests.pop(id(buffer), None)
-        row[_EXIT] = len(trace.exit_order)
         trace.exit_order.append(row[_LAST])
         row[_LAST] = len(trace.rows) - 1
         if not stack and self.observer is not None:
@@ -583,7 +431,7 @@ class _Session:
 
 
 # Active blocks, innermost last; only the innermost one has its hooks installed.
-_sessions: list[_Session] = []
+_tracers: list[_Tracer] = []
 
 
 @contextmanager
@@ -596,15 +444,15 @@ def tracing(observer: OutermostObserver | None = None) -> Iterator[Trace]:
     """
     import torch
 
-    session = _Session(torch, observer)
-    if _sessions:
-        _sessions[-1].uninstall()
-    _sessions.append(session)
-    session.install()
+    tracer = _Tracer(torch, observer)
+    if _tracers:
+        _tracers[-1].uninstall()
+    _tracers.append(tracer)
+    tracer.install()
     try:
-        yield session.trace
+        yield tracer.trace
     finally:
-        session.uninstall()
-        _sessions.remove(session)
-        if _sessions:
-            _sessions[-1].install()
+        tracer.uninstall()
+        _tracers.remove(tracer)
+        if _tracers:
+            _tracers[-1].install()

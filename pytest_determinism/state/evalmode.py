@@ -3,9 +3,10 @@
 A global forward pre-hook sees every module call, also inside third-party code. A module
 found in training mode is switched to eval mode (with all its submodules) before its
 forward runs; if it holds stochastic layers in training mode (dropout, DropPath /
-stochastic depth, BatchNorm, ...), that is the bug of problem 000 in the user's own
-inference code, so it is named in a ``DeterminismWarning`` (or fails the test in strict
-mode). Every ``training`` flag changed is restored when the test ends.
+stochastic depth, BatchNorm, ...), the user's own inference code forgot ``model.eval()``
+and gives a different answer at every call outside the test, so it is named in a
+``DeterminismWarning`` (or fails the test in strict mode). Every ``training`` flag changed
+is restored when the test ends.
 """
 
 from __future__ import annotations
@@ -53,7 +54,9 @@ def _outside_frame() -> tuple[str, int]:
     global _TORCH_DIR
     if _TORCH_DIR is None:
         _TORCH_DIR = os.path.dirname(sys.modules["torch"].__file__ or "")
-    own_dir = os.path.dirname(__file__)
+    # The whole package, not only state/: the plugin's frames that call into user code
+    # live in its top level.
+    own_dir = os.path.dirname(os.path.dirname(__file__))
     frame = sys._getframe(1)
     while frame.f_back is not None:
         filename = frame.f_code.co_filename
