@@ -17,8 +17,9 @@ from pathlib import Path
 from typing import TextIO
 
 from pytest_determinism.errors import GoldenFileError
-from pytest_determinism.golden.compare import Comparison, Summary, compare, summarize
+from pytest_determinism.golden.compare import Comparison, compare
 from pytest_determinism.golden.mismatch import format_value, mismatch_report
+from pytest_determinism.golden.statistics import Statistics, statistics_of
 from pytest_determinism.golden.storage import GoldenFile, read_golden
 from pytest_determinism.golden.tolerances import resolve_tolerance
 
@@ -76,16 +77,16 @@ def _shape(shape: tuple[int, ...]) -> str:
     return "(" + ", ".join(str(n) for n in shape) + ("," if len(shape) == 1 else "") + ")"
 
 
-def _stats(summary: Summary, dtype: str) -> str:
+def _stats(statistics: Statistics, dtype: str) -> str:
     parts = []
-    if summary.minimum is not None:
-        parts.append(f"min {format_value(summary.minimum, dtype)}")
-    if summary.maximum is not None:
-        parts.append(f"max {format_value(summary.maximum, dtype)}")
-    if summary.mean is not None:
-        parts.append(f"mean {summary.mean:.6g}")
-    parts.append(f"nan {summary.nan}")
-    parts.append(f"inf {summary.inf}")
+    if statistics.minimum is not None:
+        parts.append(f"min {format_value(statistics.minimum, dtype)}")
+    if statistics.maximum is not None:
+        parts.append(f"max {format_value(statistics.maximum, dtype)}")
+    if statistics.mean is not None:
+        parts.append(f"mean {statistics.mean:.6g}")
+    parts.append(f"nan {statistics.nan}")
+    parts.append(f"inf {statistics.inf}")
     return "  ".join(parts)
 
 
@@ -101,8 +102,10 @@ def _show(paths: Sequence[str], out: TextIO) -> int:
             rows = []
             for key in keys:
                 entry = golden.entries[key]
-                summary = summarize(golden.leaf(key))
-                rows.append((key, entry.dtype, _shape(entry.shape), _stats(summary, entry.dtype)))
+                statistics = statistics_of(golden.leaf(key))
+                rows.append(
+                    (key, entry.dtype, _shape(entry.shape), _stats(statistics, entry.dtype))
+                )
             widths = [max((len(row[i]) for row in rows), default=0) for i in range(3)]
             for row in rows:
                 cells = [row[i].ljust(widths[i]) for i in range(3)]

@@ -22,13 +22,14 @@ from safetensors import safe_open
 
 from pytest_determinism import __version__
 from pytest_determinism.errors import GoldenFileError
+from pytest_determinism.golden.dtypes import DTYPES
 from pytest_determinism.golden.storage import (
     FORMAT,
     GoldenFormatError,
     environment_metadata,
     read_golden,
 )
-from pytest_determinism.golden.values import DTYPES, Leaf, bits_equal, flatten
+from pytest_determinism.golden.values import Leaf, bits_equal, flatten
 from pytest_determinism.golden.writing import write_golden
 
 _NATIVE_NUMPY = ["bool", "uint8", "int8", "int16", "uint16", "int32", "uint32", "int64"]

@@ -19,36 +19,27 @@ packed sub-byte types must be equal, and an exact tolerance means equal bits.
 
 from __future__ import annotations
 
-import contextlib
-import mmap
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
-from functools import cache
-from typing import Any
 
 import numpy as np
 
+from pytest_determinism.golden.dtypes import (
+    DTYPES,
+    EXACT_KINDS,
+    Array,
+    Number,
+    compute_dtype,
+    decode,
+    python_number,
+    raw_view,
+)
+from pytest_determinism.golden.streaming import chunks, default_chunk, page_releaser
 from pytest_determinism.golden.tolerances import Tolerance
-from pytest_determinism.golden.values import DTYPES, EXACT_KINDS, Leaf, raw_view
+from pytest_determinism.golden.values import Leaf
 
-__all__ = [
-    "CHUNK_BYTES",
-    "Comparison",
-    "Spot",
-    "Summary",
-    "compare",
-    "compute_dtype",
-    "decode",
-    "summarize",
-]
+__all__ = ["Comparison", "Spot", "compare"]
 
-#: Bytes of compute-dtype values per chunk: a few buffers of this size stay in the CPU's
-#: L2 cache, and bound the extra memory of a comparison.
-CHUNK_BYTES = 1 << 20
 _DIAGNOSE_CHUNK = 1 << 16
-
-Number = bool | int | float | complex
-Array = np.ndarray[Any, Any]
 
 
 @dataclass(frozen=True)
@@ -105,136 +96,7 @@ class Comparison:
 
 
 # ---------------------------------------------------------------------------------------
-# Decoding the dtypes NumPy lacks
-
-
-def _minifloat_table(exp_bits: int, man_bits: int, bias: int, style: str) -> Array:
-    """float32 value of each of the 256 codes of an 8-bit float format.
-
-    ``style``: ``"ieee"`` (all-ones exponent: infinity or NaN), ``"fn"`` (no infinity;
-    only all-ones exponent and mantissa is NaN), ``"fnuz"`` (no infinity, no negative
-    zero; the negative-zero code is the one NaN).
-    """
-    codes = np.arange(256, dtype=np.int64)
-    sign = codes >> 7
-    exponent = (codes >> man_bits) & ((1 << exp_bits) - 1)
-    mantissa = (codes & ((1 << man_bits) - 1)).astype(np.float64) / (1 << man_bits)
-    magnitude = np.where(
-        exponent == 0,
-        mantissa * 2.0 ** (1 - bias),
-        (1.0 + mantissa) * np.exp2((exponent - bias).astype(np.float64)),
-    )
-    values = np.where(sign == 1, -magnitude, magnitude)
-    top = (1 << exp_bits) - 1
-    if style == "ieee":
-        values[(exponent == top) & (mantissa == 0)] = np.inf
-        values[(exponent == top) & (mantissa == 0) & (sign == 1)] = -np.inf
-        values[(exponent == top) & (mantissa != 0)] = np.nan
-    elif style == "fn":
-        values[(exponent == top) & (codes & ((1 << man_bits) - 1) == (1 << man_bits) - 1)] = np.nan
-    else:
-        values[0x80] = np.nan
-    return values.astype(np.float32)
-
-
-@cache
-def _table(dtype: str) -> Array:
-    if dtype == "float8_e4m3fn":
-        return _minifloat_table(4, 3, 7, "fn")
-    if dtype == "float8_e4m3fnuz":
-        return _minifloat_table(4, 3, 8, "fnuz")
-    if dtype == "float8_e5m2":
-        return _minifloat_table(5, 2, 15, "ieee")
-    if dtype == "float8_e5m2fnuz":
-        return _minifloat_table(5, 2, 16, "fnuz")
-    if dtype == "float8_e8m0fnu":
-        values = np.exp2(np.arange(256, dtype=np.float64) - 127)
-        values[255] = np.nan
-        return values.astype(np.float32)
-    raise KeyError(dtype)
-
-
-def compute_dtype(dtype: str) -> np.dtype[Any]:
-    """The NumPy dtype values of ``dtype`` are compared in (their storage for exact kinds)."""
-    info = DTYPES[dtype]
-    if info.kind == "float":
-        return np.dtype(np.float64 if dtype == "float64" else np.float32)
-    if info.kind == "complex":
-        return np.dtype(np.complex128 if dtype == "complex128" else np.complex64)
-    return info.storage
-
-
-def decode(dtype: str, bits: Array, out: Array | None = None) -> Array:
-    """Decode stored bits of ``dtype`` into :func:`compute_dtype` values (1-d or any shape).
-
-    Dtypes NumPy holds natively in their compute dtype are returned as they are; ``out``,
-    when given, is a buffer of the compute dtype and the input's size to decode into.
-    """
-    target = compute_dtype(dtype)
-    if bits.dtype == target:
-        return bits
-    if out is None:
-        out = np.empty(bits.shape, dtype=target)
-    if dtype == "bfloat16":
-        # bfloat16 is the upper half of a float32.
-        wide = out.view(np.uint32)
-        np.copyto(wide, bits, casting="safe")
-        np.left_shift(wide, 16, out=wide)
-    elif dtype == "complex32":
-        halves = bits.view(np.float16).reshape((*bits.shape, 2))
-        np.copyto(out.view(np.float32).reshape((*bits.shape, 2)), halves)
-    elif dtype.startswith("float8"):
-        np.take(_table(dtype), bits, out=out)
-    else:
-        np.copyto(out, bits, casting="unsafe")
-    return out
-
-
-# ---------------------------------------------------------------------------------------
-# Releasing the pages of a memory-mapped golden once read
-
-
-def _page_releaser(array: Array) -> Callable[[int], None] | None:
-    """For a read-only array backed by an ``mmap``, a function that drops the pages
-    before a byte offset from this process (they stay in the page cache), so the resident
-    size of a long comparison stays bounded; ``None`` for other arrays."""
-    madvise = getattr(mmap, "MADV_DONTNEED", None)
-    base: object = array
-    while isinstance(base, np.ndarray):
-        base = base.base
-    if isinstance(base, memoryview):
-        base = base.obj
-    if madvise is None or not isinstance(base, mmap.mmap):
-        return None
-    try:
-        # Only a read-only (shared) mapping: dropping pages of a copy-on-write one would
-        # lose its private changes.
-        if not memoryview(base).readonly:
-            return None
-        origin = np.frombuffer(base, dtype=np.uint8).__array_interface__["data"][0]
-    except (ValueError, TypeError, BufferError):
-        return None
-    mapping = base
-    start = int(array.__array_interface__["data"][0]) - int(origin)
-    released = [-(-start // mmap.PAGESIZE) * mmap.PAGESIZE]
-
-    def release(consumed: int) -> None:
-        end = (start + consumed) // mmap.PAGESIZE * mmap.PAGESIZE
-        if end > released[0]:
-            with contextlib.suppress(ValueError, OSError):
-                mapping.madvise(madvise, released[0], end - released[0])
-            released[0] = end
-
-    return release
-
-
-# ---------------------------------------------------------------------------------------
 # The comparison
-
-
-def _chunks(size: int, chunk: int) -> Iterator[tuple[int, int]]:
-    for start in range(0, size, chunk):
-        yield start, min(start + chunk, size)
 
 
 class _Buffers:
@@ -293,8 +155,9 @@ def compare(
     """Compare ``actual`` with ``golden`` (whose data may be memory-mapped), streaming.
 
     A changed dtype or shape is reported as such and not compared further. Extra memory
-    is a few buffers of ``chunk_elements`` elements (by default :data:`CHUNK_BYTES` worth),
-    whatever the size of the leaves.
+    is a few buffers of ``chunk_elements`` elements (by default
+    :data:`~pytest_determinism.golden.streaming.CHUNK_BYTES` worth), whatever the size of
+    the leaves.
     """
     base = Comparison(
         outcome="equal",
@@ -311,7 +174,7 @@ def compare(
     if actual.shape != golden.shape or actual.data.size != golden.data.size:
         return replace(base, outcome="shape")
     if chunk_elements is None:
-        chunk_elements = _default_chunk(actual.dtype)
+        chunk_elements = default_chunk(actual.dtype)
     if chunk_elements < 1:
         raise ValueError(f"chunk_elements must be positive, got {chunk_elements}")
     kind = DTYPES[actual.dtype].kind
@@ -319,7 +182,7 @@ def compare(
     a_flat = actual.data.reshape(-1)
     g_flat = golden.data.reshape(-1)
     chunk = min(chunk_elements, max(a_flat.size, 1))
-    release = _page_releaser(g_flat)
+    release = page_releaser(g_flat)
     buf: _Buffers | None = None
     # With equal_nan off, a NaN does not even match its own bits, so identical bytes prove
     # nothing for floats.
@@ -328,7 +191,7 @@ def compare(
     largest_abs = 0.0
     check_bits = trust_bits
     failed = False
-    for start, stop in _chunks(a_flat.size, chunk):
+    for start, stop in chunks(a_flat.size, chunk):
         a_bits, g_bits = a_flat[start:stop], g_flat[start:stop]
         if check_bits and np.array_equal(raw_view(a_bits), raw_view(g_bits)):
             pass
@@ -369,19 +232,8 @@ def compare(
     return _diagnose(base, actual, golden, exact, min(chunk, _DIAGNOSE_CHUNK))
 
 
-def _default_chunk(dtype: str) -> int:
-    return max(CHUNK_BYTES // compute_dtype(dtype).itemsize, 1)
-
-
 # ---------------------------------------------------------------------------------------
 # Diagnostics, on failure only
-
-
-def _python(value: Any) -> Number:
-    item = value.item() if hasattr(value, "item") else value
-    if isinstance(item, bool | int | float | complex):
-        return item
-    return float(item)
 
 
 class _Tally:
@@ -425,8 +277,8 @@ def _diagnose(base: Comparison, actual: Leaf, golden: Leaf, exact: bool, chunk: 
     a_flat = actual.data.reshape(-1)
     g_flat = golden.data.reshape(-1)
     tally = _Tally(actual.shape)
-    release = _page_releaser(g_flat)
-    for start, stop in _chunks(a_flat.size, chunk):
+    release = page_releaser(g_flat)
+    for start, stop in chunks(a_flat.size, chunk):
         a_bits, g_bits = a_flat[start:stop], g_flat[start:stop]
         differs = _bits_differ(a_bits, g_bits)
         if kind in ("bool", "packed"):
@@ -498,8 +350,8 @@ def _value_at(leaf: Leaf, flat: int) -> Number:
     bits = leaf.data.reshape(-1)[flat : flat + 1]
     kind = DTYPES[leaf.dtype].kind
     if kind in ("float", "complex"):
-        return _python(decode(leaf.dtype, bits)[0])
-    return _python(bits[0])
+        return python_number(decode(leaf.dtype, bits)[0])
+    return python_number(bits[0])
 
 
 def _spot(
@@ -514,64 +366,3 @@ def _spot(
         # Exact for 64-bit integers, which the float64 search only located.
         diff = float(abs(a - g))
     return Spot(index=index, actual=a, golden=g, diff=diff)
-
-
-# ---------------------------------------------------------------------------------------
-# Statistics for `show`
-
-
-@dataclass(frozen=True)
-class Summary:
-    """Value statistics of one stored leaf: over finite values for ``min`` / ``max`` /
-    ``mean`` (``None`` when there are none or the dtype has no order)."""
-
-    count: int
-    minimum: Number | None
-    maximum: Number | None
-    mean: float | complex | None
-    nan: int
-    inf: int
-
-
-def summarize(leaf: Leaf, *, chunk_elements: int | None = None) -> Summary:
-    """Streaming min, max, mean and NaN / Inf counts of a leaf."""
-    kind = DTYPES[leaf.dtype].kind
-    chunk = chunk_elements or _default_chunk(leaf.dtype)
-    flat = leaf.data.reshape(-1)
-    if kind == "packed" or flat.size == 0:
-        return Summary(count=int(flat.size), minimum=None, maximum=None, mean=None, nan=0, inf=0)
-    numeric = kind in ("float", "complex")
-    accumulate = np.complex128 if kind == "complex" else np.float64
-    nan = inf = finite = 0
-    low: Any = None
-    high: Any = None
-    total: Any = 0.0
-    release = _page_releaser(flat)
-    for start, stop in _chunks(flat.size, chunk):
-        values = flat[start:stop]
-        if numeric:
-            values = decode(leaf.dtype, values)
-            nans = int(np.count_nonzero(np.isnan(values)))
-            good = np.isfinite(values)
-            nan += nans
-            inf += int(values.size - np.count_nonzero(good)) - nans
-            values = values[good]
-        if values.size:
-            finite += int(values.size)
-            total += values.sum(dtype=accumulate)
-            if kind != "complex":
-                low = values.min() if low is None else min(low, values.min())
-                high = values.max() if high is None else max(high, values.max())
-        if release is not None:
-            release(stop * flat.itemsize)
-    mean: float | complex | None = None
-    if finite:
-        mean = complex(total) / finite if kind == "complex" else float(total) / finite
-    return Summary(
-        count=int(flat.size),
-        minimum=None if low is None else _python(low),
-        maximum=None if high is None else _python(high),
-        mean=mean,
-        nan=nan,
-        inf=inf,
-    )

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from pytest_determinism.golden.compare import Comparison, Spot
-from pytest_determinism.golden.values import DTYPES
+from pytest_determinism.golden.dtypes import DTYPES
 
 __all__ = [
     "ENVIRONMENT_KEYS",

@@ -28,7 +28,8 @@ from typing import Any
 import numpy as np
 
 from pytest_determinism.errors import GoldenFileError
-from pytest_determinism.golden.values import DTYPES, Leaf
+from pytest_determinism.golden.dtypes import DTYPES
+from pytest_determinism.golden.values import Leaf
 
 __all__ = [
     "CODES",
