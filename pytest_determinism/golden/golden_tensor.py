@@ -19,13 +19,9 @@ from typing import Any
 
 from pytest_determinism.errors import GoldenFileError
 from pytest_determinism.golden.compare import Comparison, compare
+from pytest_determinism.golden.environment import environment_metadata
 from pytest_determinism.golden.mismatch import mismatch_report, update_command
-from pytest_determinism.golden.storage import (
-    GoldenFile,
-    GoldenFormatError,
-    environment_metadata,
-    read_golden,
-)
+from pytest_determinism.golden.storage import GoldenFile, GoldenFormatError, read_golden
 from pytest_determinism.golden.tolerances import Tolerance, resolve_tolerance
 from pytest_determinism.golden.values import Leaf, bits_equal, flatten
 from pytest_determinism.golden.writing import GoldenWriter

@@ -17,8 +17,6 @@ import json
 import math
 import mmap
 import os
-import platform
-import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,7 +37,6 @@ __all__ = [
     "GoldenFile",
     "GoldenFormatError",
     "StoredEntry",
-    "environment_metadata",
     "read_golden",
 ]
 
@@ -338,77 +335,3 @@ def _parse_entry(
         start=start,
         stop=stop,
     )
-
-
-# ---------------------------------------------------------------------------------------
-# Metadata
-
-
-def _torch_version() -> str:
-    torch = sys.modules.get("torch")
-    if torch is not None:
-        return str(torch.__version__)
-    from importlib import metadata
-
-    try:
-        return metadata.version("torch")
-    except metadata.PackageNotFoundError:
-        return "not installed"
-
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as handle:
-            for line in handle:
-                if line.startswith("model name"):
-                    return line.partition(":")[2].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def _threads() -> str:
-    torch = sys.modules.get("torch")
-    if torch is not None:
-        return str(torch.get_num_threads())
-    affinity = getattr(os, "sched_getaffinity", None)
-    return str(len(affinity(0)) if affinity else os.cpu_count() or 1)
-
-
-def _device_names(devices: list[str]) -> str:
-    torch = sys.modules.get("torch")
-    names = []
-    for device in devices:
-        if device.startswith("cuda") and torch is not None and torch.cuda.is_initialized():
-            with contextlib.suppress(Exception):
-                names.append(f"{device}: {torch.cuda.get_device_name(device)}")
-    return "; ".join(names)
-
-
-def environment_metadata(
-    *, test_id: str, seed: int | None, devices: list[str] | None = None
-) -> dict[str, str]:
-    """The metadata a golden records about where it was made (all values strings).
-
-    Keys: ``format``, ``plugin_version``, ``python``, ``numpy``, ``torch``, ``device``
-    (the devices of the checked values), ``device_name`` (GPU models, when known),
-    ``platform``, ``cpu``, ``threads`` (torch's intra-op threads, or the usable cores
-    without torch), ``seed`` and ``test``.
-    """
-    from pytest_determinism import __version__
-
-    used = sorted(set(devices or ["cpu"]))
-    return {
-        "format": FORMAT,
-        "plugin_version": __version__,
-        "python": platform.python_version(),
-        "numpy": np.__version__,
-        "torch": _torch_version(),
-        "device": ",".join(used),
-        "device_name": _device_names(used),
-        "platform": f"{platform.system()}-{platform.machine()}",
-        "cpu": _cpu_model(),
-        "threads": _threads(),
-        "seed": "" if seed is None else str(seed),
-        "test": test_id,
-    }
