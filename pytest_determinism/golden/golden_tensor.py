@@ -11,7 +11,6 @@ engine, which compares the runs bit for bit.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,17 +20,19 @@ from pytest_determinism.errors import GoldenFileError
 from pytest_determinism.golden.compare import Comparison, compare
 from pytest_determinism.golden.environment import environment_metadata
 from pytest_determinism.golden.mismatch import mismatch_report, update_command
-from pytest_determinism.golden.storage import GoldenFile, GoldenFormatError, read_golden
+from pytest_determinism.golden.storage import (
+    CHECKS_KEY,
+    METADATA_KEY,
+    GoldenFile,
+    GoldenFormatError,
+    encode_checks,
+    read_golden,
+)
 from pytest_determinism.golden.tolerances import Tolerance, resolve_tolerance
 from pytest_determinism.golden.values import Leaf, bits_equal, flatten
 from pytest_determinism.golden.writing import GoldenWriter
 
-__all__ = ["CHECKS_KEY", "GoldenResult", "GoldenTensor"]
-
-#: Metadata key of the JSON map ``{check name: [its keys]}`` a golden file records.
-CHECKS_KEY = "checks"
-
-_RESERVED_NAMES = frozenset({"__metadata__"})
+__all__ = ["GoldenResult", "GoldenTensor"]
 
 
 @dataclass(frozen=True)
@@ -247,7 +248,7 @@ class GoldenTensor:
             )
         if not name:
             raise ValueError("golden_tensor.check: name must not be empty")
-        if name in _RESERVED_NAMES:
+        if name == METADATA_KEY:
             raise ValueError(f"golden_tensor.check: the name {name!r} is reserved; choose another")
         if name in self._names:
             raise ValueError(
@@ -306,9 +307,9 @@ class GoldenTensor:
             if self.defer_failures:
                 return str(exc)
             raise
-        stored = _keys_of(golden, name)
+        stored = golden.check_keys(name)
         if stored is None:
-            recorded = _recorded_names(golden)
+            recorded = golden.check_names()
             listing = ", ".join(repr(n) for n in recorded[:20]) or "none"
             message = (
                 f"the golden file of {self.test_id} has nothing recorded for check {name!r} "
@@ -382,8 +383,7 @@ class GoldenTensor:
             metadata = environment_metadata(
                 test_id=self.test_id, seed=self.seed, devices=tally.devices
             )
-            checks = json.dumps(self._recorded, sort_keys=True, separators=(",", ":"))
-            metadata[CHECKS_KEY] = checks
+            metadata[CHECKS_KEY] = encode_checks(self._recorded)
             file_written = self._writer.commit(metadata)
         return GoldenResult(
             path=self.path,
@@ -400,7 +400,7 @@ class GoldenTensor:
         # the writer closes its maps before installing the file.
         kept = self._writer.leaves()
         old = self._writer.baseline()
-        old_names = _recorded_names(old) if old is not None else []
+        old_names = old.check_names() if old is not None else []
         tally = _Tally(devices=sorted({leaf.device for leaf in kept.values()}))
         entries: list[dict[str, Any]] = []
         for name, keys in self._recorded.items():
@@ -421,7 +421,7 @@ class GoldenTensor:
             and tally.written == 0
             and tally.updated == 0
             and sorted(old.entries) == sorted(kept)
-            and _recorded_checks(old) == self._recorded
+            and old.recorded_checks() == self._recorded
         )
         return tally
 
@@ -438,40 +438,8 @@ class _Tally:
     entries: tuple[dict[str, Any], ...] = ()
 
 
-def _recorded_checks(golden: GoldenFile) -> dict[str, Any] | None:
-    text = golden.metadata.get(CHECKS_KEY)
-    if text is None:
-        return None
-    try:
-        checks = json.loads(text)
-    except ValueError:
-        return None
-    return checks if isinstance(checks, dict) else None
-
-
-def _recorded_names(golden: GoldenFile) -> list[str]:
-    checks = _recorded_checks(golden)
-    if checks is not None:
-        return sorted(checks)
-    # A file written by something else: every key is its own check.
-    return golden.sorted_keys()
-
-
-def _keys_of(golden: GoldenFile, name: str) -> list[str] | None:
-    """The stored keys of check ``name``, or ``None`` when it was never recorded."""
-    checks = _recorded_checks(golden)
-    if checks is not None:
-        keys = checks.get(name)
-        if not isinstance(keys, list):
-            return None
-        return [k for k in keys if isinstance(k, str) and k in golden.entries]
-    prefix = name + "."
-    found = [k for k in sorted(golden.entries) if k == name or k.startswith(prefix)]
-    return found or None
-
-
 def _same_content(golden: GoldenFile, name: str, leaves: Mapping[str, Leaf]) -> bool:
-    stored = _keys_of(golden, name)
+    stored = golden.check_keys(name)
     if stored is None or sorted(stored) != sorted(leaves):
         return False
     return all(bits_equal(leaf, golden.leaf(key)) for key, leaf in leaves.items())

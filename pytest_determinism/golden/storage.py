@@ -30,6 +30,7 @@ from pytest_determinism.golden.dtypes import DTYPES
 from pytest_determinism.golden.values import Leaf
 
 __all__ = [
+    "CHECKS_KEY",
     "CODES",
     "FORMAT",
     "METADATA_KEY",
@@ -37,6 +38,7 @@ __all__ = [
     "GoldenFile",
     "GoldenFormatError",
     "StoredEntry",
+    "encode_checks",
     "read_golden",
 ]
 
@@ -48,6 +50,9 @@ MAX_HEADER_BYTES = 100_000_000
 
 #: The header key safetensors reserves for the string-to-string metadata.
 METADATA_KEY = "__metadata__"
+
+#: Metadata key of the JSON map ``{check name: [its keys]}`` a golden file records.
+CHECKS_KEY = "checks"
 
 #: torch dtype name -> safetensors code, for dtypes stored as themselves.
 CODES = {
@@ -139,6 +144,39 @@ class GoldenFile:
         """The tensor keys, sorted."""
         return sorted(self.entries)
 
+    def recorded_checks(self) -> dict[str, Any] | None:
+        """The map ``{check name: [its keys]}`` the file records under :data:`CHECKS_KEY`,
+        or ``None`` when it records none it can be read from (a file written by something
+        else)."""
+        text = self.metadata.get(CHECKS_KEY)
+        if text is None:
+            return None
+        try:
+            checks = json.loads(text)
+        except ValueError:
+            return None
+        return checks if isinstance(checks, dict) else None
+
+    def check_names(self) -> list[str]:
+        """The names of the checks recorded, sorted."""
+        checks = self.recorded_checks()
+        if checks is not None:
+            return sorted(checks)
+        # A file written by something else: every key is its own check.
+        return self.sorted_keys()
+
+    def check_keys(self, name: str) -> list[str] | None:
+        """The stored keys of check ``name``, or ``None`` when it was never recorded."""
+        checks = self.recorded_checks()
+        if checks is not None:
+            keys = checks.get(name)
+            if not isinstance(keys, list):
+                return None
+            return [k for k in keys if isinstance(k, str) and k in self.entries]
+        prefix = name + "."
+        found = [k for k in sorted(self.entries) if k == name or k.startswith(prefix)]
+        return found or None
+
     def leaf(self, key: str) -> Leaf:
         """The stored value of ``key`` as a leaf whose data is a read-only memory map."""
         entry = self.entries[key]
@@ -178,6 +216,11 @@ class GoldenFile:
         traceback: TracebackType | None,
     ) -> None:
         self.close()
+
+
+def encode_checks(checks: Mapping[str, list[str]]) -> str:
+    """The :data:`CHECKS_KEY` metadata value recording ``{check name: [its keys]}``."""
+    return json.dumps(checks, sort_keys=True, separators=(",", ":"))
 
 
 # ---------------------------------------------------------------------------------------
