@@ -18,7 +18,7 @@ from typing import TextIO
 
 from pytest_determinism.errors import GoldenFileError
 from pytest_determinism.golden.compare import Comparison, compare
-from pytest_determinism.golden.mismatch import format_value, mismatch_report
+from pytest_determinism.golden.mismatch import format_value, mismatch_message
 from pytest_determinism.golden.statistics import Statistics, statistics_of
 from pytest_determinism.golden.storage import GoldenFile, read_golden
 from pytest_determinism.golden.tolerances import resolve_tolerance
@@ -144,7 +144,7 @@ def _diff(arguments: argparse.Namespace, out: TextIO) -> int:
             out.write(f"{other.path} matches {golden.path} ({count} key{'s' * (count != 1)})\n")
             return EXIT_OK
         out.write(
-            mismatch_report(
+            mismatch_message(
                 title=f"{other.path} against {golden.path}",
                 path=golden.path,
                 comparisons=comparisons,

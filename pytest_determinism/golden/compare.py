@@ -7,8 +7,8 @@ few chunk-sized buffers, never a full-size temporary. The common outcomes are ch
 * otherwise floats are checked against the tolerance with in-place arithmetic on reused
   buffers, and only a chunk that fails that quick test gets the exact NaN / infinity rules.
 
-Diagnostics (how many elements differ, the largest differences and where) are only worked
-out once a mismatch is known, in a second pass: a passing check never pays for them.
+Where the values differ (how many elements, the largest differences and where) is only
+worked out once a mismatch is known, in a second pass: a passing check never pays for them.
 
 Semantics, for floats and complex numbers: an element matches where
 ``|actual - golden| <= atol + rtol * |golden|`` (NumPy's ``isclose``, computed in float32
@@ -39,7 +39,7 @@ from pytest_determinism.golden.values import Leaf
 
 __all__ = ["Comparison", "Spot", "compare"]
 
-_DIAGNOSE_CHUNK = 1 << 16
+_LOCATE_CHUNK = 1 << 16
 
 
 @dataclass(frozen=True)
@@ -226,17 +226,17 @@ def compare(
         if bitwise:
             return replace(base, outcome="equal", max_abs_diff=0.0, max_rel_diff=0.0)
         return replace(base, outcome="close", max_abs_diff=largest_abs)
-    # Diagnostics make several temporaries per element: smaller chunks keep them small,
+    # Locating differences makes several temporaries per element: smaller chunks keep them small,
     # and the quick path's buffers are no longer needed.
     del buf
-    return _diagnose(base, actual, golden, exact, min(chunk, _DIAGNOSE_CHUNK))
+    return _locate_differences(base, actual, golden, exact, min(chunk, _LOCATE_CHUNK))
 
 
 # ---------------------------------------------------------------------------------------
-# Diagnostics, on failure only
+# Locating the differences, on failure only
 
 
-class _Tally:
+class _DifferenceCounts:
     """Running counts and extremes over the chunks of one comparison."""
 
     def __init__(self, shape: tuple[int, ...]) -> None:
@@ -270,58 +270,60 @@ class _Tally:
             setattr(self, f"{which}_at", offset + at)
 
 
-def _diagnose(base: Comparison, actual: Leaf, golden: Leaf, exact: bool, chunk: int) -> Comparison:
+def _locate_differences(
+    base: Comparison, actual: Leaf, golden: Leaf, exact: bool, chunk: int
+) -> Comparison:
     dtype = actual.dtype
     kind = DTYPES[dtype].kind
     tol = base.tolerance
     a_flat = actual.data.reshape(-1)
     g_flat = golden.data.reshape(-1)
-    tally = _Tally(actual.shape)
+    counts = _DifferenceCounts(actual.shape)
     release = page_releaser(g_flat)
     for start, stop in chunks(a_flat.size, chunk):
         a_bits, g_bits = a_flat[start:stop], g_flat[start:stop]
         differs = _bits_differ(a_bits, g_bits)
         if kind in ("bool", "packed"):
-            tally.count(differs, start, "mismatched", "first")
+            counts.count(differs, start, "mismatched", "first")
         elif kind in ("int", "uint"):
-            tally.count(differs, start, "mismatched", "first")
+            counts.count(differs, start, "mismatched", "first")
             with np.errstate(all="ignore"):
                 diff = np.abs(a_bits.astype(np.float64) - g_bits.astype(np.float64))
-                tally.extreme(diff, start, "abs")
-                tally.extreme(_relative(diff, np.abs(g_bits.astype(np.float64))), start, "rel")
+                counts.extreme(diff, start, "abs")
+                counts.extreme(_relative(diff, np.abs(g_bits.astype(np.float64))), start, "rel")
         else:
             a = decode(dtype, a_bits)
             g = decode(dtype, g_bits)
             mismatch = differs if exact else ~_close_mask(a, g, tol, base.equal_nan)
-            tally.count(mismatch, start, "mismatched", "first")
+            counts.count(mismatch, start, "mismatched", "first")
             nan = np.isnan(a) | np.isnan(g)
-            tally.count(mismatch & nan, start, "nan", "first_nan")
+            counts.count(mismatch & nan, start, "nan", "first_nan")
             finite = np.isfinite(a) & np.isfinite(g)
-            tally.count(mismatch & ~nan & ~finite, start, "inf", "first_inf")
+            counts.count(mismatch & ~nan & ~finite, start, "inf", "first_inf")
             with np.errstate(all="ignore"):
                 wide = np.complex128 if a.dtype.kind == "c" else np.float64
                 diff = np.abs(a.astype(wide) - g.astype(wide))
                 diff[~finite] = -1.0
-                tally.extreme(diff, start, "abs")
+                counts.extreme(diff, start, "abs")
                 rel = _relative(diff, np.abs(g.astype(wide)))
                 rel[~finite] = -1.0
-                tally.extreme(rel, start, "rel")
+                counts.extreme(rel, start, "rel")
         if release is not None:
             release(stop * g_flat.itemsize)
-    max_abs = _spot(actual, golden, tally.abs_at, tally.abs_value, absolute=True)
+    max_abs = _spot_at(actual, golden, counts.abs_at, counts.abs_value, absolute=True)
     return replace(
         base,
         outcome="mismatch",
-        mismatched=tally.mismatched,
-        first_mismatch=_spot(actual, golden, tally.first),
+        mismatched=counts.mismatched,
+        first_mismatch=_spot_at(actual, golden, counts.first),
         max_abs=max_abs,
-        max_rel=_spot(actual, golden, tally.rel_at, tally.rel_value),
-        nan_mismatches=tally.nan,
-        first_nan_mismatch=_spot(actual, golden, tally.first_nan),
-        inf_mismatches=tally.inf,
-        first_inf_mismatch=_spot(actual, golden, tally.first_inf),
+        max_rel=_spot_at(actual, golden, counts.rel_at, counts.rel_value),
+        nan_mismatches=counts.nan,
+        first_nan_mismatch=_spot_at(actual, golden, counts.first_nan),
+        inf_mismatches=counts.inf,
+        first_inf_mismatch=_spot_at(actual, golden, counts.first_inf),
         max_abs_diff=max_abs.diff if max_abs is not None else None,
-        max_rel_diff=tally.rel_value if tally.rel_at is not None else None,
+        max_rel_diff=counts.rel_value if counts.rel_at is not None else None,
     )
 
 
@@ -354,7 +356,7 @@ def _value_at(leaf: Leaf, flat: int) -> Number:
     return python_number(bits[0])
 
 
-def _spot(
+def _spot_at(
     actual: Leaf, golden: Leaf, flat: int | None, diff: float = 0.0, *, absolute: bool = False
 ) -> Spot | None:
     if flat is None:

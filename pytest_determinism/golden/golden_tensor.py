@@ -19,7 +19,7 @@ from typing import Any
 from pytest_determinism.errors import GoldenFileError
 from pytest_determinism.golden.compare import Comparison, compare
 from pytest_determinism.golden.environment import environment_metadata
-from pytest_determinism.golden.mismatch import mismatch_report, update_command
+from pytest_determinism.golden.mismatch import mismatch_message, update_command
 from pytest_determinism.golden.storage import (
     CHECKS_KEY,
     METADATA_KEY,
@@ -335,7 +335,7 @@ class GoldenTensor:
             return None
         devices = sorted({leaf.device for leaf in leaves.values()})
         current = environment_metadata(test_id=self.test_id, seed=self.seed, devices=devices)
-        return mismatch_report(
+        return mismatch_message(
             title=f"check {name!r} of {self.test_id}",
             path=self.path,
             comparisons=comparisons,
@@ -343,7 +343,7 @@ class GoldenTensor:
             extra=extra,
             recorded=golden.metadata,
             current=current,
-            nodeid=self.command_id,
+            command_id=self.command_id,
         )
 
     # -- the end of the test ---------------------------------------------------------
@@ -377,57 +377,57 @@ class GoldenTensor:
             golden.close()
 
     def _write(self) -> GoldenResult:
-        tally = self._tally()
+        recording = self._recording_outcome()
         file_written = False
-        if not tally.unchanged:
+        if not recording.unchanged:
             metadata = environment_metadata(
-                test_id=self.test_id, seed=self.seed, devices=tally.devices
+                test_id=self.test_id, seed=self.seed, devices=recording.devices
             )
             metadata[CHECKS_KEY] = encode_checks(self._recorded)
             file_written = self._writer.commit(metadata)
         return GoldenResult(
             path=self.path,
-            passed=tally.passed,
-            written=tally.written,
-            updated=tally.updated,
+            passed=recording.passed,
+            written=recording.written,
+            updated=recording.updated,
             used=True,
             file_written=file_written,
-            entries=tally.entries,
+            entries=recording.entries,
         )
 
-    def _tally(self) -> _Tally:
+    def _recording_outcome(self) -> _RecordingOutcome:
         # Its own frame, so no leaf (a map of the temporary file) outlives the comparison:
         # the writer closes its maps before installing the file.
         kept = self._writer.leaves()
         old = self._writer.baseline()
         old_names = old.check_names() if old is not None else []
-        tally = _Tally(devices=sorted({leaf.device for leaf in kept.values()}))
+        recording = _RecordingOutcome(devices=sorted({leaf.device for leaf in kept.values()}))
         entries: list[dict[str, Any]] = []
         for name, keys in self._recorded.items():
             checked = {key: kept[key] for key in keys}
             if old is None or name not in old_names:
-                tally.written += 1
+                recording.written += 1
                 outcome = "written"
             elif _same_content(old, name, checked):
-                tally.passed += 1
+                recording.passed += 1
                 outcome = "unchanged"
             else:
-                tally.updated += 1
+                recording.updated += 1
                 outcome = "updated"
             entries.extend(_entry(key, outcome, leaf, None) for key, leaf in checked.items())
-        tally.entries = tuple(entries)
-        tally.unchanged = (
+        recording.entries = tuple(entries)
+        recording.unchanged = (
             old is not None
-            and tally.written == 0
-            and tally.updated == 0
+            and recording.written == 0
+            and recording.updated == 0
             and sorted(old.entries) == sorted(kept)
             and old.recorded_checks() == self._recorded
         )
-        return tally
+        return recording
 
 
 @dataclass
-class _Tally:
+class _RecordingOutcome:
     """How the checks recorded under ``--update-golden`` compare with the old file."""
 
     devices: list[str]

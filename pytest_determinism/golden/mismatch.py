@@ -27,8 +27,9 @@ __all__ = [
     "ENVIRONMENT_KEYS",
     "environment_changes",
     "format_index",
+    "format_spot",
     "format_value",
-    "mismatch_report",
+    "mismatch_message",
     "update_command",
 ]
 
@@ -46,9 +47,9 @@ ENVIRONMENT_KEYS = {
 _MAX_KEYS = 20
 
 
-def update_command(nodeid: str) -> str:
-    """The shell command that re-records the goldens of one test."""
-    quoted = "'" + nodeid.replace("'", "'\"'\"'") + "'"
+def update_command(command_id: str) -> str:
+    """The shell command that re-records the goldens of the test ``command_id`` names."""
+    quoted = "'" + command_id.replace("'", "'\"'\"'") + "'"
     return f"pytest --update-golden {quoted}"
 
 
@@ -104,12 +105,35 @@ def _shape(shape: tuple[int, ...]) -> str:
     return "(" + ", ".join(str(n) for n in shape) + ("," if len(shape) == 1 else "") + ")"
 
 
-def _spot(label: str, spot: Spot, dtype: str, with_diff: bool = True) -> str:
-    where = format_index(spot.index)
-    values = f"actual {format_value(spot.actual, dtype)}, golden {format_value(spot.golden, dtype)}"
+def format_spot(
+    spot: Spot,
+    dtype: str,
+    *,
+    actual: str = "actual",
+    golden: str = "golden",
+    golden_first: bool = False,
+    where: str | None = None,
+) -> str:
+    """``at (0, 5): actual 1.5, golden 1.25``: a position and both values there.
+
+    ``actual`` and ``golden`` name the two sides; ``golden_first`` puts the reference side
+    (run 0, a sample alone) first; ``where`` replaces the index, for a position given in
+    two frames (alone and in the batch).
+    """
+    sides = [
+        f"{actual} {format_value(spot.actual, dtype)}",
+        f"{golden} {format_value(spot.golden, dtype)}",
+    ]
+    if golden_first:
+        sides.reverse()
+    position = format_index(spot.index) if where is None else where
+    return f"at {position}: {', '.join(sides)}"
+
+
+def _spot_line(label: str, spot: Spot, dtype: str, with_diff: bool = True) -> str:
     if with_diff:
-        return f"    {label} {_diff(spot.diff)} at {where}: {values}"
-    return f"    {label} at {where}: {values}"
+        return f"    {label} {_diff(spot.diff)} {format_spot(spot, dtype)}"
+    return f"    {label} {format_spot(spot, dtype)}"
 
 
 def _describe(key: str, comparison: Comparison) -> list[str]:
@@ -141,15 +165,15 @@ def _describe(key: str, comparison: Comparison) -> list[str]:
         + (f" (compared {noun} exactly)" if rule == "exactly" else "")
     ]
     if c.max_abs is not None and kind != "bool":
-        lines.append(_spot("largest absolute difference", c.max_abs, c.actual_dtype))
+        lines.append(_spot_line("largest absolute difference", c.max_abs, c.actual_dtype))
     if c.max_rel is not None and kind != "bool":
-        lines.append(_spot("largest relative difference", c.max_rel, c.actual_dtype))
+        lines.append(_spot_line("largest relative difference", c.max_rel, c.actual_dtype))
     if c.first_mismatch is not None:
-        lines.append(_spot("first difference", c.first_mismatch, c.actual_dtype, False))
+        lines.append(_spot_line("first difference", c.first_mismatch, c.actual_dtype, False))
     if c.nan_mismatches:
         assert c.first_nan_mismatch is not None
         lines.append(
-            _spot(
+            _spot_line(
                 f"NaN mismatches: {c.nan_mismatches}, first",
                 c.first_nan_mismatch,
                 c.actual_dtype,
@@ -160,7 +184,7 @@ def _describe(key: str, comparison: Comparison) -> list[str]:
     if c.inf_mismatches:
         assert c.first_inf_mismatch is not None
         lines.append(
-            _spot(
+            _spot_line(
                 f"Inf mismatches: {c.inf_mismatches}, first",
                 c.first_inf_mismatch,
                 c.actual_dtype,
@@ -192,7 +216,7 @@ def environment_changes(recorded: Mapping[str, str], current: Mapping[str, str])
     return changes
 
 
-def mismatch_report(
+def mismatch_message(
     *,
     title: str,
     path: Path | str,
@@ -201,15 +225,15 @@ def mismatch_report(
     extra: Sequence[str] = (),
     recorded: Mapping[str, str] | None = None,
     current: Mapping[str, str] | None = None,
-    nodeid: str | None = None,
+    command_id: str | None = None,
 ) -> str:
     """The full text of a failed check.
 
     ``title`` says what was checked (``"check 'logits'"``); ``comparisons`` holds every
     compared key (passing ones are left out of the text); ``missing`` keys are in the
     golden only, ``extra`` ones in this run only; ``recorded`` is the golden's metadata
-    and ``current`` this run's, for the ``recorded elsewhere`` line; ``nodeid`` gives the
-    command that re-records.
+    and ``current`` this run's, for the ``recorded elsewhere`` line; ``command_id`` is the
+    test as the record command names it.
     """
     failing = [(key, c) for key, c in comparisons.items() if not c.passed]
     kinds = sorted(
@@ -243,8 +267,8 @@ def mismatch_report(
             + "); small float differences are expected there: loosen rtol/atol "
             "(or golden_tolerances) or re-record for this environment"
         )
-    if nodeid:
-        lines.append(f"  to accept the new values: {update_command(nodeid)}")
+    if command_id:
+        lines.append(f"  to accept the new values: {update_command(command_id)}")
     return "\n".join(lines)
 
 

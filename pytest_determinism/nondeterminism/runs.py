@@ -23,8 +23,8 @@ from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from pytest_determinism.golden.compare import Spot, compare
-from pytest_determinism.golden.mismatch import format_index, format_value
+from pytest_determinism.golden.compare import compare
+from pytest_determinism.golden.mismatch import format_spot
 from pytest_determinism.golden.tolerances import EXACT
 from pytest_determinism.golden.values import Leaf, bits_equal
 from pytest_determinism.nondeterminism.trace import Trace, tracing
@@ -136,13 +136,6 @@ def _same_error(a: BaseException | None, b: BaseException | None) -> bool:
     return type(a) is type(b) and _ADDRESS.sub("0x", str(a)) == _ADDRESS.sub("0x", str(b))
 
 
-def _spot_text(spot: Spot, dtype: str, first: str, other: str) -> str:
-    return (
-        f"at {format_index(spot.index)}: {first} {format_value(spot.golden, dtype)}, "
-        f"{other} {format_value(spot.actual, dtype)}"
-    )
-
-
 def _value_difference(key: str, first: Leaf, other: Leaf, other_name: str) -> KeyDifference:
     comparison = compare(other, first, EXACT)
     largest = comparison.max_abs
@@ -151,12 +144,16 @@ def _value_difference(key: str, first: Leaf, other: Leaf, other_name: str) -> Ke
         "elements differ"
     )
     if largest is not None and comparison.mismatched:
-        detail += f", max abs diff {largest.diff:.3g} " + _spot_text(
-            largest, first.dtype, "run 0", other_name
+        detail += f", max abs diff {largest.diff:.3g} " + format_spot(
+            largest, first.dtype, actual=other_name, golden="run 0", golden_first=True
         )
     elif comparison.first_mismatch is not None:
-        detail += ", first " + _spot_text(
-            comparison.first_mismatch, first.dtype, "run 0", other_name
+        detail += ", first " + format_spot(
+            comparison.first_mismatch,
+            first.dtype,
+            actual=other_name,
+            golden="run 0",
+            golden_first=True,
         )
     mismatches = comparison.nan_mismatches + comparison.inf_mismatches
     if mismatches:
