@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TextIO
 
 from pytest_determinism.errors import GoldenFileError
-from pytest_determinism.golden.compare import Comparison, compare
+from pytest_determinism.golden.compare import compare_leaves
 from pytest_determinism.golden.mismatch import format_value, mismatch_message
 from pytest_determinism.golden.statistics import Statistics, statistics_of
 from pytest_determinism.golden.storage import GoldenFile, read_golden
@@ -126,30 +126,25 @@ def _diff(arguments: argparse.Namespace, out: TextIO) -> int:
     golden = _open(arguments.golden)
     other = _open(arguments.other)
     with golden, other:
-        comparisons: dict[str, Comparison] = {}
-        for key in golden.sorted_keys():
-            if key not in other.entries:
-                continue
-            actual = other.leaf(key)
-            tolerance = resolve_tolerance(
-                actual.dtype, rtol=arguments.rtol, atol=arguments.atol, exact=arguments.exact
-            )
-            comparisons[key] = compare(
-                actual, golden.leaf(key), tolerance, equal_nan=not arguments.no_equal_nan
-            )
-        missing = [key for key in golden.sorted_keys() if key not in other.entries]
-        extra = [key for key in other.sorted_keys() if key not in golden.entries]
-        if not missing and not extra and all(c.passed for c in comparisons.values()):
-            count = len(comparisons)
+        result = compare_leaves(
+            other.leaves(),
+            golden.leaves(),
+            lambda leaf: resolve_tolerance(
+                leaf.dtype, rtol=arguments.rtol, atol=arguments.atol, exact=arguments.exact
+            ),
+            equal_nan=not arguments.no_equal_nan,
+        )
+        if result.passed:
+            count = len(result.comparisons)
             out.write(f"{other.path} matches {golden.path} ({count} key{'s' * (count != 1)})\n")
             return EXIT_OK
         out.write(
             mismatch_message(
                 title=f"{other.path} against {golden.path}",
                 path=golden.path,
-                comparisons=comparisons,
-                missing=missing,
-                extra=extra,
+                comparisons=result.comparisons,
+                missing=result.missing,
+                extra=result.extra,
                 recorded=golden.metadata,
                 current=other.metadata,
             )

@@ -19,6 +19,7 @@ packed sub-byte types must be equal, and an exact tolerance means equal bits.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -37,7 +38,7 @@ from pytest_determinism.golden.streaming import chunks, default_chunk, page_rele
 from pytest_determinism.golden.tolerances import Tolerance
 from pytest_determinism.golden.values import Leaf
 
-__all__ = ["Comparison", "Spot", "compare"]
+__all__ = ["Comparison", "LeavesComparison", "Spot", "compare", "compare_leaves"]
 
 _LOCATE_CHUNK = 1 << 16
 
@@ -230,6 +231,49 @@ def compare(
     # and the quick path's buffers are no longer needed.
     del buf
     return _locate_differences(base, actual, golden, exact, min(chunk, _LOCATE_CHUNK))
+
+
+@dataclass(frozen=True)
+class LeavesComparison:
+    """The outcome of comparing a set of actual leaves with a set of golden ones, key by key.
+
+    ``comparisons`` holds every key both sides have, in the actual side's order;
+    ``missing`` the golden keys the actual side lacks, in the golden's order; ``extra``
+    the actual keys the golden lacks, in the actual side's order.
+    """
+
+    comparisons: Mapping[str, Comparison]
+    missing: tuple[str, ...]
+    extra: tuple[str, ...]
+
+    @property
+    def passed(self) -> bool:
+        """Whether both sides have the same keys and every value matches its golden."""
+        return (
+            not self.missing and not self.extra and all(c.passed for c in self.comparisons.values())
+        )
+
+
+def compare_leaves(
+    actual: Mapping[str, Leaf],
+    golden: Mapping[str, Leaf],
+    tolerance_for: Callable[[Leaf], Tolerance],
+    *,
+    equal_nan: bool = True,
+) -> LeavesComparison:
+    """Compare each actual leaf with the golden one of the same key (:func:`compare`, with
+    the tolerance ``tolerance_for`` gives the actual leaf), and list the keys only one side
+    has. Golden leaves are looked up one at a time, so a lazy mapping keeps one mapped."""
+    comparisons = {
+        key: compare(leaf, golden[key], tolerance_for(leaf), equal_nan=equal_nan)
+        for key, leaf in actual.items()
+        if key in golden
+    }
+    return LeavesComparison(
+        comparisons=comparisons,
+        missing=tuple(key for key in golden if key not in actual),
+        extra=tuple(key for key in actual if key not in golden),
+    )
 
 
 # ---------------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from pytest_determinism.errors import GoldenFileError
-from pytest_determinism.golden.compare import Comparison, compare
+from pytest_determinism.golden.compare import Comparison, compare_leaves
 from pytest_determinism.golden.environment import environment_metadata
 from pytest_determinism.golden.mismatch import mismatch_message, update_command
 from pytest_determinism.golden.storage import (
@@ -320,27 +320,29 @@ class GoldenTensor:
             if self.defer_failures:
                 return message
             raise GoldenFileError(message)
-        comparisons: dict[str, Comparison] = {}
+        result = compare_leaves(
+            leaves,
+            golden.leaves(stored),
+            lambda leaf: self._tolerance(leaf, rtol, atol, exact),
+            equal_nan=equal_nan,
+        )
         for key, leaf in leaves.items():
-            if key not in golden.entries or key not in stored:
+            comparison = result.comparisons.get(key)
+            if comparison is None:
                 self._entries.append(_entry(key, "extra", leaf, None))
-                continue
-            tolerance = self._tolerance(leaf, rtol, atol, exact)
-            result = compare(leaf, golden.leaf(key), tolerance, equal_nan=equal_nan)
-            comparisons[key] = result
-            self._entries.append(_entry(key, "passed" if result.passed else "failed", leaf, result))
-        missing = [k for k in stored if k not in leaves]
-        extra = [k for k in leaves if k not in comparisons]
-        if not missing and not extra and all(c.passed for c in comparisons.values()):
+            else:
+                outcome = "passed" if comparison.passed else "failed"
+                self._entries.append(_entry(key, outcome, leaf, comparison))
+        if result.passed:
             return None
         devices = sorted({leaf.device for leaf in leaves.values()})
         current = environment_metadata(test_id=self.test_id, seed=self.seed, devices=devices)
         return mismatch_message(
             title=f"check {name!r} of {self.test_id}",
             path=self.path,
-            comparisons=comparisons,
-            missing=missing,
-            extra=extra,
+            comparisons=result.comparisons,
+            missing=result.missing,
+            extra=result.extra,
             recorded=golden.metadata,
             current=current,
             command_id=self.command_id,

@@ -17,7 +17,7 @@ import json
 import math
 import mmap
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -194,9 +194,10 @@ class GoldenFile:
             )
         return Leaf(dtype=entry.dtype, shape=entry.shape, data=data, device="cpu")
 
-    def leaves(self) -> dict[str, Leaf]:
-        """Every stored value, keyed as stored."""
-        return {key: self.leaf(key) for key in self.sorted_keys()}
+    def leaves(self, keys: Iterable[str] | None = None) -> Mapping[str, Leaf]:
+        """The stored values of ``keys`` (every key, sorted, by default), in that order, as a
+        mapping that maps each one (as :meth:`leaf` does) only when it is looked up."""
+        return _StoredLeaves(self, self.sorted_keys() if keys is None else list(keys))
 
     def close(self) -> None:
         """Release the memory map (leaves still in use keep it alive until dropped)."""
@@ -221,6 +222,30 @@ class GoldenFile:
 def encode_checks(checks: Mapping[str, list[str]]) -> str:
     """The :data:`CHECKS_KEY` metadata value recording ``{check name: [its keys]}``."""
     return json.dumps(checks, sort_keys=True, separators=(",", ":"))
+
+
+class _StoredLeaves(Mapping[str, Leaf]):
+    """Some keys of an open golden file; a comparison maps one leaf at a time."""
+
+    def __init__(self, golden: GoldenFile, keys: list[str]) -> None:
+        self._golden = golden
+        self._keys = keys
+        self._known = set(keys)
+
+    def __getitem__(self, key: str) -> Leaf:
+        if key not in self._known:
+            raise KeyError(key)
+        return self._golden.leaf(key)
+
+    def __contains__(self, key: object) -> bool:
+        # Mapping's own test would look the leaf up, mapping it for nothing.
+        return key in self._known
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._keys)
+
+    def __len__(self) -> int:
+        return len(self._keys)
 
 
 # ---------------------------------------------------------------------------------------
