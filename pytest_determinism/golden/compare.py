@@ -90,11 +90,6 @@ class Comparison:
         """Whether the actual value matches its golden."""
         return self.outcome in ("equal", "close")
 
-    @property
-    def percent(self) -> float:
-        """Share of differing elements, in percent."""
-        return 100.0 * self.mismatched / self.total if self.total else 0.0
-
 
 # ---------------------------------------------------------------------------------------
 # The comparison
