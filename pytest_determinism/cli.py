@@ -2,7 +2,7 @@
 
 ``show PATH...`` prints each file's keys (dtype, shape, min, max, mean, NaN and Inf
 counts) and metadata. ``diff GOLDEN OTHER`` compares ``OTHER`` against ``GOLDEN`` with the
-default tolerances and prints the report a failing check would. Exit status: 0 when every
+default tolerances and prints the message a failing check would. Exit status: 0 when every
 file was shown or the two files match, 1 when they differ, 2 on bad input. Files are read
 as safetensors only, never unpickled, and no traceback is ever printed.
 """
@@ -18,7 +18,7 @@ from typing import TextIO
 
 from pytest_determinism.errors import GoldenFileError
 from pytest_determinism.golden.compare import compare_leaves
-from pytest_determinism.golden.mismatch import format_value, mismatch_message
+from pytest_determinism.golden.mismatch import format_shape, format_value, mismatch_message
 from pytest_determinism.golden.statistics import Statistics, statistics_of
 from pytest_determinism.golden.storage import GoldenFile, read_golden
 from pytest_determinism.golden.tolerances import resolve_tolerance
@@ -73,10 +73,6 @@ def _open(path: str) -> GoldenFile:
         raise _BadInput(f"{path}: cannot be read ({exc.strerror or exc})") from None
 
 
-def _shape(shape: tuple[int, ...]) -> str:
-    return "(" + ", ".join(str(n) for n in shape) + ("," if len(shape) == 1 else "") + ")"
-
-
 def _stats(statistics: Statistics, dtype: str) -> str:
     parts = []
     if statistics.minimum is not None:
@@ -104,7 +100,7 @@ def _show(paths: Sequence[str], out: TextIO) -> int:
                 entry = golden.entries[key]
                 statistics = statistics_of(golden.leaf(key))
                 rows.append(
-                    (key, entry.dtype, _shape(entry.shape), _stats(statistics, entry.dtype))
+                    (key, entry.dtype, format_shape(entry.shape), _stats(statistics, entry.dtype))
                 )
             widths = [max((len(row[i]) for row in rows), default=0) for i in range(3)]
             for row in rows:

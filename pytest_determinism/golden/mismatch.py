@@ -27,6 +27,7 @@ __all__ = [
     "ENVIRONMENT_KEYS",
     "environment_changes",
     "format_index",
+    "format_shape",
     "format_spot",
     "format_value",
     "mismatch_message",
@@ -43,7 +44,7 @@ ENVIRONMENT_KEYS = {
     "threads": "threads",
 }
 
-# More keys than this in one report are summarised in a count.
+# More keys than this in one message are counted, not listed.
 _MAX_KEYS = 20
 
 
@@ -101,8 +102,9 @@ def _percent(part: int, total: int) -> str:
     return f"{share:.3g}%"
 
 
-def _shape(shape: tuple[int, ...]) -> str:
-    return "(" + ", ".join(str(n) for n in shape) + ("," if len(shape) == 1 else "") + ")"
+def format_shape(shape: tuple[int, ...]) -> str:
+    """A shape, written as :func:`format_index` writes an index."""
+    return format_index(shape)
 
 
 def format_spot(
@@ -143,13 +145,13 @@ def _describe(key: str, comparison: Comparison) -> list[str]:
         hint = _dtype_hint(c.actual_dtype, c.golden_dtype)
         return [
             f"  dtype changed: {shown} is {c.actual_dtype} now, the golden is {c.golden_dtype} "
-            f"(shapes {_shape(c.actual_shape)} and {_shape(c.golden_shape)}); values were "
-            f"not compared. {hint}"
+            f"(shapes {format_shape(c.actual_shape)} and {format_shape(c.golden_shape)}); "
+            f"values were not compared. {hint}"
         ]
     if c.outcome == "shape":
         return [
-            f"  shape changed: {shown} has shape {_shape(c.actual_shape)} now, the golden "
-            f"{_shape(c.golden_shape)} ({c.actual_dtype}); values were not compared"
+            f"  shape changed: {shown} has shape {format_shape(c.actual_shape)} now, the golden "
+            f"{format_shape(c.golden_shape)} ({c.actual_dtype}); values were not compared"
         ]
     kind = DTYPES[c.actual_dtype].kind
     rule = (
@@ -159,7 +161,7 @@ def _describe(key: str, comparison: Comparison) -> list[str]:
     )
     noun = "bits" if c.tolerance.exact and kind in ("float", "complex") else "values"
     lines = [
-        f"  numbers drifted: {shown} {c.actual_dtype} {_shape(c.actual_shape)}: "
+        f"  numbers drifted: {shown} {c.actual_dtype} {format_shape(c.actual_shape)}: "
         f"{c.mismatched} of {c.total} elements ({_percent(c.mismatched, c.total)}) differ"
         f"{'' if rule == 'exactly' else ' ' + rule}"
         + (f" (compared {noun} exactly)" if rule == "exactly" else "")

@@ -2,9 +2,9 @@
 
 A *leaf* is one tensor-like value reduced to what a golden file stores: the dtype in torch's
 spelling, the shape, and a C-contiguous CPU NumPy array with the same bits. Dtypes NumPy
-lacks are held in an unsigned integer array of the same item size (``bfloat16`` as
-``uint16``, the float8 types as ``uint8``, ``complex32`` as ``uint32``), so ``data.shape``
-always equals ``shape`` and nothing is ever rounded on the way in.
+lacks are held in a bit container of the same item size
+(:mod:`pytest_determinism.golden.dtypes`), so ``data.shape`` always equals ``shape`` and
+nothing is ever rounded on the way in.
 
 torch is never imported here: a value can only be a torch tensor if the caller imported
 torch already, so ``sys.modules`` tells whether to look for one.
