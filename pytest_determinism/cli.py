@@ -2,7 +2,7 @@
 
 ``show PATH...`` prints each file's keys (dtype, shape, min, max, mean, NaN and Inf
 counts) and metadata. ``diff GOLDEN OTHER`` compares ``OTHER`` against ``GOLDEN`` with the
-default tolerances and prints the report a failing check would. Exit status: 0 when every
+default tolerances and prints the message a failing check would. Exit status: 0 when every
 file was shown or the two files match, 1 when they differ, 2 on bad input. Files are read
 as safetensors only, never unpickled, and no traceback is ever printed.
 """
@@ -17,8 +17,9 @@ from pathlib import Path
 from typing import TextIO
 
 from pytest_determinism.errors import GoldenFileError
-from pytest_determinism.golden.compare import Comparison, Summary, compare, summarize
-from pytest_determinism.golden.mismatch import format_value, mismatch_report
+from pytest_determinism.golden.compare import compare_leaves
+from pytest_determinism.golden.mismatch import format_shape, format_value, mismatch_message
+from pytest_determinism.golden.statistics import Statistics, statistics_of
 from pytest_determinism.golden.storage import GoldenFile, read_golden
 from pytest_determinism.golden.tolerances import resolve_tolerance
 
@@ -72,20 +73,16 @@ def _open(path: str) -> GoldenFile:
         raise _BadInput(f"{path}: cannot be read ({exc.strerror or exc})") from None
 
 
-def _shape(shape: tuple[int, ...]) -> str:
-    return "(" + ", ".join(str(n) for n in shape) + ("," if len(shape) == 1 else "") + ")"
-
-
-def _stats(summary: Summary, dtype: str) -> str:
+def _stats(statistics: Statistics, dtype: str) -> str:
     parts = []
-    if summary.minimum is not None:
-        parts.append(f"min {format_value(summary.minimum, dtype)}")
-    if summary.maximum is not None:
-        parts.append(f"max {format_value(summary.maximum, dtype)}")
-    if summary.mean is not None:
-        parts.append(f"mean {summary.mean:.6g}")
-    parts.append(f"nan {summary.nan}")
-    parts.append(f"inf {summary.inf}")
+    if statistics.minimum is not None:
+        parts.append(f"min {format_value(statistics.minimum, dtype)}")
+    if statistics.maximum is not None:
+        parts.append(f"max {format_value(statistics.maximum, dtype)}")
+    if statistics.mean is not None:
+        parts.append(f"mean {statistics.mean:.6g}")
+    parts.append(f"nan {statistics.nan}")
+    parts.append(f"inf {statistics.inf}")
     return "  ".join(parts)
 
 
@@ -101,8 +98,10 @@ def _show(paths: Sequence[str], out: TextIO) -> int:
             rows = []
             for key in keys:
                 entry = golden.entries[key]
-                summary = summarize(golden.leaf(key))
-                rows.append((key, entry.dtype, _shape(entry.shape), _stats(summary, entry.dtype)))
+                statistics = statistics_of(golden.leaf(key))
+                rows.append(
+                    (key, entry.dtype, format_shape(entry.shape), _stats(statistics, entry.dtype))
+                )
             widths = [max((len(row[i]) for row in rows), default=0) for i in range(3)]
             for row in rows:
                 cells = [row[i].ljust(widths[i]) for i in range(3)]
@@ -123,30 +122,25 @@ def _diff(arguments: argparse.Namespace, out: TextIO) -> int:
     golden = _open(arguments.golden)
     other = _open(arguments.other)
     with golden, other:
-        comparisons: dict[str, Comparison] = {}
-        for key in golden.sorted_keys():
-            if key not in other.entries:
-                continue
-            actual = other.leaf(key)
-            tolerance = resolve_tolerance(
-                actual.dtype, rtol=arguments.rtol, atol=arguments.atol, exact=arguments.exact
-            )
-            comparisons[key] = compare(
-                actual, golden.leaf(key), tolerance, equal_nan=not arguments.no_equal_nan
-            )
-        missing = [key for key in golden.sorted_keys() if key not in other.entries]
-        extra = [key for key in other.sorted_keys() if key not in golden.entries]
-        if not missing and not extra and all(c.passed for c in comparisons.values()):
-            count = len(comparisons)
+        result = compare_leaves(
+            other.leaves(),
+            golden.leaves(),
+            lambda leaf: resolve_tolerance(
+                leaf.dtype, rtol=arguments.rtol, atol=arguments.atol, exact=arguments.exact
+            ),
+            equal_nan=not arguments.no_equal_nan,
+        )
+        if result.passed:
+            count = len(result.comparisons)
             out.write(f"{other.path} matches {golden.path} ({count} key{'s' * (count != 1)})\n")
             return EXIT_OK
         out.write(
-            mismatch_report(
+            mismatch_message(
                 title=f"{other.path} against {golden.path}",
                 path=golden.path,
-                comparisons=comparisons,
-                missing=missing,
-                extra=extra,
+                comparisons=result.comparisons,
+                missing=result.missing,
+                extra=result.extra,
                 recorded=golden.metadata,
                 current=other.metadata,
             )

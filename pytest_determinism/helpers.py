@@ -15,7 +15,7 @@ import numpy as np
 
 from pytest_determinism.errors import NondeterminismError
 from pytest_determinism.golden.compare import Comparison, Spot, compare
-from pytest_determinism.golden.mismatch import format_index, format_value
+from pytest_determinism.golden.mismatch import format_index, format_spot
 from pytest_determinism.golden.tolerances import resolve_tolerance
 from pytest_determinism.golden.values import Leaf, flatten
 from pytest_determinism.nondeterminism.runs import check_runs
@@ -244,9 +244,9 @@ def _spot_text(spot: Spot, dtype: str, sample: int, kept: Any | None, batch_dim:
         in_batch[batch_dim] = sample
     if kept is not None and len(in_batch) > batch_dim + 1:
         in_batch[batch_dim + 1] = int(kept[spot.index[batch_dim + 1]])
-    return (
-        f"at {format_index(spot.index)} alone / {format_index(tuple(in_batch))} in the batch: "
-        f"alone {format_value(spot.golden, dtype)}, in the batch {format_value(spot.actual, dtype)}"
+    where = f"{format_index(spot.index)} alone / {format_index(tuple(in_batch))} in the batch"
+    return format_spot(
+        spot, dtype, actual="in the batch", golden="alone", golden_first=True, where=where
     )
 
 

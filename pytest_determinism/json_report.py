@@ -11,10 +11,10 @@ import math
 import os
 import platform
 import tempfile
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from pytest_determinism.golden.environment import installed_version, torch_version
 from pytest_determinism.options import SessionOptions
 from pytest_determinism.record import SessionRecord
 
@@ -22,13 +22,6 @@ __all__ = ["SCHEMA_PATH", "SCHEMA_VERSION", "build_report", "write_report"]
 
 SCHEMA_VERSION = 1
 SCHEMA_PATH = Path(__file__).with_name("report_schema.json")
-
-
-def _version(distribution: str) -> str | None:
-    try:
-        return metadata.version(distribution)
-    except metadata.PackageNotFoundError:
-        return None
 
 
 def build_report(record: SessionRecord, options: SessionOptions, exitstatus: int) -> dict[str, Any]:
@@ -41,8 +34,8 @@ def build_report(record: SessionRecord, options: SessionOptions, exitstatus: int
         "environment": {
             "python": platform.python_version(),
             "platform": platform.platform(),
-            "torch": _version("torch"),
-            "numpy": _version("numpy"),
+            "torch": torch_version(),
+            "numpy": installed_version("numpy"),
             "devices": sorted(record.devices),
         },
         "session": {

@@ -12,10 +12,12 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pytest_determinism.golden.compare import Comparison, _table, compare, decode, summarize
+from pytest_determinism.golden.compare import Comparison, compare
+from pytest_determinism.golden.dtypes import DTYPES, EXACT_KINDS, _table, decode
+from pytest_determinism.golden.statistics import statistics_of as summarize
 from pytest_determinism.golden.storage import read_golden
 from pytest_determinism.golden.tolerances import EXACT, Tolerance, resolve_tolerance
-from pytest_determinism.golden.values import DTYPES, EXACT_KINDS, Leaf, flatten
+from pytest_determinism.golden.values import Leaf, flatten
 from pytest_determinism.golden.writing import write_golden
 
 _FLOAT8 = ["float8_e4m3fn", "float8_e4m3fnuz", "float8_e5m2", "float8_e5m2fnuz", "float8_e8m0fnu"]

@@ -13,8 +13,10 @@ from pytest_determinism.golden.mismatch import (
     environment_changes,
     format_index,
     format_value,
-    mismatch_report,
     update_command,
+)
+from pytest_determinism.golden.mismatch import (
+    mismatch_message as mismatch_report,
 )
 from pytest_determinism.golden.tolerances import EXACT, resolve_tolerance
 from pytest_determinism.golden.values import flatten
@@ -29,7 +31,7 @@ def _report(**comparisons: object) -> str:
         title="check 'out'",
         path="tests/__golden__/test_m/test_x.safetensors",
         comparisons=comparisons,  # type: ignore[arg-type]
-        nodeid="tests/test_m.py::test_x",
+        command_id="tests/test_m.py::test_x",
     )
 
 

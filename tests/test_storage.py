@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import struct
+import subprocess
+import sys
 import textwrap
 import time
 import warnings
@@ -22,13 +24,14 @@ from safetensors import safe_open
 
 from pytest_determinism import __version__
 from pytest_determinism.errors import GoldenFileError
-from pytest_determinism.golden.storage import (
-    FORMAT,
-    GoldenFormatError,
+from pytest_determinism.golden.dtypes import DTYPES
+from pytest_determinism.golden.environment import (
+    device_description,
     environment_metadata,
-    read_golden,
+    torch_version,
 )
-from pytest_determinism.golden.values import DTYPES, Leaf, bits_equal, flatten
+from pytest_determinism.golden.storage import FORMAT, GoldenFormatError, read_golden
+from pytest_determinism.golden.values import Leaf, bits_equal, flatten
 from pytest_determinism.golden.writing import write_golden
 
 _NATIVE_NUMPY = ["bool", "uint8", "int8", "int16", "uint16", "int32", "uint32", "int64"]
@@ -360,3 +363,24 @@ def test_environment_metadata_is_all_strings() -> None:
     assert metadata["threads"] == str(torch.get_num_threads())
     assert {"python", "platform", "cpu"} <= set(metadata)
     assert environment_metadata(test_id="x", seed=None)["seed"] == ""
+
+
+def test_torch_version_and_device_description() -> None:
+    assert torch_version() == torch.__version__
+    threads = torch.get_num_threads()
+    if not torch.cuda.is_initialized():
+        assert device_description(torch) == f"cpu ({threads} thread{'s' if threads != 1 else ''})"
+
+
+def test_the_environment_module_imports_neither_numpy_nor_torch() -> None:
+    # The plugin imports it when it starts, before any test needs either.
+    code = (
+        "import sys\n"
+        "from pytest_determinism.golden.environment import torch_version\n"
+        "version = torch_version()\n"
+        "print(sorted(m for m in ('numpy', 'torch') if m in sys.modules), version is not None)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
+    assert out.strip() == "[] True"

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from pytest_determinism.golden.values import DTYPES, Leaf, bits_equal, bytes_equal, flatten
+from pytest_determinism.golden.dtypes import DTYPES, bytes_equal
+from pytest_determinism.golden.values import Leaf, bits_equal, flatten
 
 
 def _sample(dtype_name: str) -> torch.Tensor:

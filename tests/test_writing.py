@@ -19,9 +19,10 @@ from safetensors import safe_open
 
 from pytest_determinism.errors import GoldenFileError
 from pytest_determinism.golden import writing
+from pytest_determinism.golden.dtypes import DTYPES
 from pytest_determinism.golden.golden_tensor import GoldenTensor
 from pytest_determinism.golden.storage import read_golden
-from pytest_determinism.golden.values import DTYPES, Leaf, bits_equal, flatten
+from pytest_determinism.golden.values import Leaf, bits_equal, flatten
 from pytest_determinism.golden.writing import STREAM_BYTES, GoldenWriter
 
 BIG = STREAM_BYTES // 4  # float32 elements in one streamed leaf

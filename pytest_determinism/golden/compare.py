@@ -7,8 +7,8 @@ few chunk-sized buffers, never a full-size temporary. The common outcomes are ch
 * otherwise floats are checked against the tolerance with in-place arithmetic on reused
   buffers, and only a chunk that fails that quick test gets the exact NaN / infinity rules.
 
-Diagnostics (how many elements differ, the largest differences and where) are only worked
-out once a mismatch is known, in a second pass: a passing check never pays for them.
+Where the values differ (how many elements, the largest differences and where) is only
+worked out once a mismatch is known, in a second pass: a passing check never pays for them.
 
 Semantics, for floats and complex numbers: an element matches where
 ``|actual - golden| <= atol + rtol * |golden|`` (NumPy's ``isclose``, computed in float32
@@ -19,36 +19,28 @@ packed sub-byte types must be equal, and an exact tolerance means equal bits.
 
 from __future__ import annotations
 
-import contextlib
-import mmap
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
-from functools import cache
-from typing import Any
 
 import numpy as np
 
+from pytest_determinism.golden.dtypes import (
+    DTYPES,
+    EXACT_KINDS,
+    Array,
+    Number,
+    compute_dtype,
+    decode,
+    python_number,
+    raw_view,
+)
+from pytest_determinism.golden.streaming import chunks, default_chunk, page_releaser
 from pytest_determinism.golden.tolerances import Tolerance
-from pytest_determinism.golden.values import DTYPES, EXACT_KINDS, Leaf, raw_view
+from pytest_determinism.golden.values import Leaf
 
-__all__ = [
-    "CHUNK_BYTES",
-    "Comparison",
-    "Spot",
-    "Summary",
-    "compare",
-    "compute_dtype",
-    "decode",
-    "summarize",
-]
+__all__ = ["Comparison", "LeavesComparison", "Spot", "compare", "compare_leaves"]
 
-#: Bytes of compute-dtype values per chunk: a few buffers of this size stay in the CPU's
-#: L2 cache, and bound the extra memory of a comparison.
-CHUNK_BYTES = 1 << 20
-_DIAGNOSE_CHUNK = 1 << 16
-
-Number = bool | int | float | complex
-Array = np.ndarray[Any, Any]
+_LOCATE_CHUNK = 1 << 16
 
 
 @dataclass(frozen=True)
@@ -98,143 +90,9 @@ class Comparison:
         """Whether the actual value matches its golden."""
         return self.outcome in ("equal", "close")
 
-    @property
-    def percent(self) -> float:
-        """Share of differing elements, in percent."""
-        return 100.0 * self.mismatched / self.total if self.total else 0.0
-
-
-# ---------------------------------------------------------------------------------------
-# Decoding the dtypes NumPy lacks
-
-
-def _minifloat_table(exp_bits: int, man_bits: int, bias: int, style: str) -> Array:
-    """float32 value of each of the 256 codes of an 8-bit float format.
-
-    ``style``: ``"ieee"`` (all-ones exponent: infinity or NaN), ``"fn"`` (no infinity;
-    only all-ones exponent and mantissa is NaN), ``"fnuz"`` (no infinity, no negative
-    zero; the negative-zero code is the one NaN).
-    """
-    codes = np.arange(256, dtype=np.int64)
-    sign = codes >> 7
-    exponent = (codes >> man_bits) & ((1 << exp_bits) - 1)
-    mantissa = (codes & ((1 << man_bits) - 1)).astype(np.float64) / (1 << man_bits)
-    magnitude = np.where(
-        exponent == 0,
-        mantissa * 2.0 ** (1 - bias),
-        (1.0 + mantissa) * np.exp2((exponent - bias).astype(np.float64)),
-    )
-    values = np.where(sign == 1, -magnitude, magnitude)
-    top = (1 << exp_bits) - 1
-    if style == "ieee":
-        values[(exponent == top) & (mantissa == 0)] = np.inf
-        values[(exponent == top) & (mantissa == 0) & (sign == 1)] = -np.inf
-        values[(exponent == top) & (mantissa != 0)] = np.nan
-    elif style == "fn":
-        values[(exponent == top) & (codes & ((1 << man_bits) - 1) == (1 << man_bits) - 1)] = np.nan
-    else:
-        values[0x80] = np.nan
-    return values.astype(np.float32)
-
-
-@cache
-def _table(dtype: str) -> Array:
-    if dtype == "float8_e4m3fn":
-        return _minifloat_table(4, 3, 7, "fn")
-    if dtype == "float8_e4m3fnuz":
-        return _minifloat_table(4, 3, 8, "fnuz")
-    if dtype == "float8_e5m2":
-        return _minifloat_table(5, 2, 15, "ieee")
-    if dtype == "float8_e5m2fnuz":
-        return _minifloat_table(5, 2, 16, "fnuz")
-    if dtype == "float8_e8m0fnu":
-        values = np.exp2(np.arange(256, dtype=np.float64) - 127)
-        values[255] = np.nan
-        return values.astype(np.float32)
-    raise KeyError(dtype)
-
-
-def compute_dtype(dtype: str) -> np.dtype[Any]:
-    """The NumPy dtype values of ``dtype`` are compared in (their storage for exact kinds)."""
-    info = DTYPES[dtype]
-    if info.kind == "float":
-        return np.dtype(np.float64 if dtype == "float64" else np.float32)
-    if info.kind == "complex":
-        return np.dtype(np.complex128 if dtype == "complex128" else np.complex64)
-    return info.storage
-
-
-def decode(dtype: str, bits: Array, out: Array | None = None) -> Array:
-    """Decode stored bits of ``dtype`` into :func:`compute_dtype` values (1-d or any shape).
-
-    Dtypes NumPy holds natively in their compute dtype are returned as they are; ``out``,
-    when given, is a buffer of the compute dtype and the input's size to decode into.
-    """
-    target = compute_dtype(dtype)
-    if bits.dtype == target:
-        return bits
-    if out is None:
-        out = np.empty(bits.shape, dtype=target)
-    if dtype == "bfloat16":
-        # bfloat16 is the upper half of a float32.
-        wide = out.view(np.uint32)
-        np.copyto(wide, bits, casting="safe")
-        np.left_shift(wide, 16, out=wide)
-    elif dtype == "complex32":
-        halves = bits.view(np.float16).reshape((*bits.shape, 2))
-        np.copyto(out.view(np.float32).reshape((*bits.shape, 2)), halves)
-    elif dtype.startswith("float8"):
-        np.take(_table(dtype), bits, out=out)
-    else:
-        np.copyto(out, bits, casting="unsafe")
-    return out
-
-
-# ---------------------------------------------------------------------------------------
-# Releasing the pages of a memory-mapped golden once read
-
-
-def _page_releaser(array: Array) -> Callable[[int], None] | None:
-    """For a read-only array backed by an ``mmap``, a function that drops the pages
-    before a byte offset from this process (they stay in the page cache), so the resident
-    size of a long comparison stays bounded; ``None`` for other arrays."""
-    madvise = getattr(mmap, "MADV_DONTNEED", None)
-    base: object = array
-    while isinstance(base, np.ndarray):
-        base = base.base
-    if isinstance(base, memoryview):
-        base = base.obj
-    if madvise is None or not isinstance(base, mmap.mmap):
-        return None
-    try:
-        # Only a read-only (shared) mapping: dropping pages of a copy-on-write one would
-        # lose its private changes.
-        if not memoryview(base).readonly:
-            return None
-        origin = np.frombuffer(base, dtype=np.uint8).__array_interface__["data"][0]
-    except (ValueError, TypeError, BufferError):
-        return None
-    mapping = base
-    start = int(array.__array_interface__["data"][0]) - int(origin)
-    released = [-(-start // mmap.PAGESIZE) * mmap.PAGESIZE]
-
-    def release(consumed: int) -> None:
-        end = (start + consumed) // mmap.PAGESIZE * mmap.PAGESIZE
-        if end > released[0]:
-            with contextlib.suppress(ValueError, OSError):
-                mapping.madvise(madvise, released[0], end - released[0])
-            released[0] = end
-
-    return release
-
 
 # ---------------------------------------------------------------------------------------
 # The comparison
-
-
-def _chunks(size: int, chunk: int) -> Iterator[tuple[int, int]]:
-    for start in range(0, size, chunk):
-        yield start, min(start + chunk, size)
 
 
 class _Buffers:
@@ -293,8 +151,9 @@ def compare(
     """Compare ``actual`` with ``golden`` (whose data may be memory-mapped), streaming.
 
     A changed dtype or shape is reported as such and not compared further. Extra memory
-    is a few buffers of ``chunk_elements`` elements (by default :data:`CHUNK_BYTES` worth),
-    whatever the size of the leaves.
+    is a few buffers of ``chunk_elements`` elements (by default
+    :data:`~pytest_determinism.golden.streaming.CHUNK_BYTES` worth), whatever the size of
+    the leaves.
     """
     base = Comparison(
         outcome="equal",
@@ -311,7 +170,7 @@ def compare(
     if actual.shape != golden.shape or actual.data.size != golden.data.size:
         return replace(base, outcome="shape")
     if chunk_elements is None:
-        chunk_elements = _default_chunk(actual.dtype)
+        chunk_elements = default_chunk(actual.dtype)
     if chunk_elements < 1:
         raise ValueError(f"chunk_elements must be positive, got {chunk_elements}")
     kind = DTYPES[actual.dtype].kind
@@ -319,7 +178,7 @@ def compare(
     a_flat = actual.data.reshape(-1)
     g_flat = golden.data.reshape(-1)
     chunk = min(chunk_elements, max(a_flat.size, 1))
-    release = _page_releaser(g_flat)
+    release = page_releaser(g_flat)
     buf: _Buffers | None = None
     # With equal_nan off, a NaN does not even match its own bits, so identical bytes prove
     # nothing for floats.
@@ -328,7 +187,7 @@ def compare(
     largest_abs = 0.0
     check_bits = trust_bits
     failed = False
-    for start, stop in _chunks(a_flat.size, chunk):
+    for start, stop in chunks(a_flat.size, chunk):
         a_bits, g_bits = a_flat[start:stop], g_flat[start:stop]
         if check_bits and np.array_equal(raw_view(a_bits), raw_view(g_bits)):
             pass
@@ -363,28 +222,60 @@ def compare(
         if bitwise:
             return replace(base, outcome="equal", max_abs_diff=0.0, max_rel_diff=0.0)
         return replace(base, outcome="close", max_abs_diff=largest_abs)
-    # Diagnostics make several temporaries per element: smaller chunks keep them small,
+    # Locating differences makes several temporaries per element: smaller chunks keep them small,
     # and the quick path's buffers are no longer needed.
     del buf
-    return _diagnose(base, actual, golden, exact, min(chunk, _DIAGNOSE_CHUNK))
+    return _locate_differences(base, actual, golden, exact, min(chunk, _LOCATE_CHUNK))
 
 
-def _default_chunk(dtype: str) -> int:
-    return max(CHUNK_BYTES // compute_dtype(dtype).itemsize, 1)
+@dataclass(frozen=True)
+class LeavesComparison:
+    """The outcome of comparing a set of actual leaves with a set of golden ones, key by key.
+
+    ``comparisons`` holds every key both sides have, in the actual side's order;
+    ``missing`` the golden keys the actual side lacks, in the golden's order; ``extra``
+    the actual keys the golden lacks, in the actual side's order.
+    """
+
+    comparisons: Mapping[str, Comparison]
+    missing: tuple[str, ...]
+    extra: tuple[str, ...]
+
+    @property
+    def passed(self) -> bool:
+        """Whether both sides have the same keys and every value matches its golden."""
+        return (
+            not self.missing and not self.extra and all(c.passed for c in self.comparisons.values())
+        )
+
+
+def compare_leaves(
+    actual: Mapping[str, Leaf],
+    golden: Mapping[str, Leaf],
+    tolerance_for: Callable[[Leaf], Tolerance],
+    *,
+    equal_nan: bool = True,
+) -> LeavesComparison:
+    """Compare each actual leaf with the golden one of the same key (:func:`compare`, with
+    the tolerance ``tolerance_for`` gives the actual leaf), and list the keys only one side
+    has. Golden leaves are looked up one at a time, so a lazy mapping keeps one mapped."""
+    comparisons = {
+        key: compare(leaf, golden[key], tolerance_for(leaf), equal_nan=equal_nan)
+        for key, leaf in actual.items()
+        if key in golden
+    }
+    return LeavesComparison(
+        comparisons=comparisons,
+        missing=tuple(key for key in golden if key not in actual),
+        extra=tuple(key for key in actual if key not in golden),
+    )
 
 
 # ---------------------------------------------------------------------------------------
-# Diagnostics, on failure only
+# Locating the differences, on failure only
 
 
-def _python(value: Any) -> Number:
-    item = value.item() if hasattr(value, "item") else value
-    if isinstance(item, bool | int | float | complex):
-        return item
-    return float(item)
-
-
-class _Tally:
+class _DifferenceCounts:
     """Running counts and extremes over the chunks of one comparison."""
 
     def __init__(self, shape: tuple[int, ...]) -> None:
@@ -418,58 +309,60 @@ class _Tally:
             setattr(self, f"{which}_at", offset + at)
 
 
-def _diagnose(base: Comparison, actual: Leaf, golden: Leaf, exact: bool, chunk: int) -> Comparison:
+def _locate_differences(
+    base: Comparison, actual: Leaf, golden: Leaf, exact: bool, chunk: int
+) -> Comparison:
     dtype = actual.dtype
     kind = DTYPES[dtype].kind
     tol = base.tolerance
     a_flat = actual.data.reshape(-1)
     g_flat = golden.data.reshape(-1)
-    tally = _Tally(actual.shape)
-    release = _page_releaser(g_flat)
-    for start, stop in _chunks(a_flat.size, chunk):
+    counts = _DifferenceCounts(actual.shape)
+    release = page_releaser(g_flat)
+    for start, stop in chunks(a_flat.size, chunk):
         a_bits, g_bits = a_flat[start:stop], g_flat[start:stop]
         differs = _bits_differ(a_bits, g_bits)
         if kind in ("bool", "packed"):
-            tally.count(differs, start, "mismatched", "first")
+            counts.count(differs, start, "mismatched", "first")
         elif kind in ("int", "uint"):
-            tally.count(differs, start, "mismatched", "first")
+            counts.count(differs, start, "mismatched", "first")
             with np.errstate(all="ignore"):
                 diff = np.abs(a_bits.astype(np.float64) - g_bits.astype(np.float64))
-                tally.extreme(diff, start, "abs")
-                tally.extreme(_relative(diff, np.abs(g_bits.astype(np.float64))), start, "rel")
+                counts.extreme(diff, start, "abs")
+                counts.extreme(_relative(diff, np.abs(g_bits.astype(np.float64))), start, "rel")
         else:
             a = decode(dtype, a_bits)
             g = decode(dtype, g_bits)
             mismatch = differs if exact else ~_close_mask(a, g, tol, base.equal_nan)
-            tally.count(mismatch, start, "mismatched", "first")
+            counts.count(mismatch, start, "mismatched", "first")
             nan = np.isnan(a) | np.isnan(g)
-            tally.count(mismatch & nan, start, "nan", "first_nan")
+            counts.count(mismatch & nan, start, "nan", "first_nan")
             finite = np.isfinite(a) & np.isfinite(g)
-            tally.count(mismatch & ~nan & ~finite, start, "inf", "first_inf")
+            counts.count(mismatch & ~nan & ~finite, start, "inf", "first_inf")
             with np.errstate(all="ignore"):
                 wide = np.complex128 if a.dtype.kind == "c" else np.float64
                 diff = np.abs(a.astype(wide) - g.astype(wide))
                 diff[~finite] = -1.0
-                tally.extreme(diff, start, "abs")
+                counts.extreme(diff, start, "abs")
                 rel = _relative(diff, np.abs(g.astype(wide)))
                 rel[~finite] = -1.0
-                tally.extreme(rel, start, "rel")
+                counts.extreme(rel, start, "rel")
         if release is not None:
             release(stop * g_flat.itemsize)
-    max_abs = _spot(actual, golden, tally.abs_at, tally.abs_value, absolute=True)
+    max_abs = _spot_at(actual, golden, counts.abs_at, counts.abs_value, absolute=True)
     return replace(
         base,
         outcome="mismatch",
-        mismatched=tally.mismatched,
-        first_mismatch=_spot(actual, golden, tally.first),
+        mismatched=counts.mismatched,
+        first_mismatch=_spot_at(actual, golden, counts.first),
         max_abs=max_abs,
-        max_rel=_spot(actual, golden, tally.rel_at, tally.rel_value),
-        nan_mismatches=tally.nan,
-        first_nan_mismatch=_spot(actual, golden, tally.first_nan),
-        inf_mismatches=tally.inf,
-        first_inf_mismatch=_spot(actual, golden, tally.first_inf),
+        max_rel=_spot_at(actual, golden, counts.rel_at, counts.rel_value),
+        nan_mismatches=counts.nan,
+        first_nan_mismatch=_spot_at(actual, golden, counts.first_nan),
+        inf_mismatches=counts.inf,
+        first_inf_mismatch=_spot_at(actual, golden, counts.first_inf),
         max_abs_diff=max_abs.diff if max_abs is not None else None,
-        max_rel_diff=tally.rel_value if tally.rel_at is not None else None,
+        max_rel_diff=counts.rel_value if counts.rel_at is not None else None,
     )
 
 
@@ -498,11 +391,11 @@ def _value_at(leaf: Leaf, flat: int) -> Number:
     bits = leaf.data.reshape(-1)[flat : flat + 1]
     kind = DTYPES[leaf.dtype].kind
     if kind in ("float", "complex"):
-        return _python(decode(leaf.dtype, bits)[0])
-    return _python(bits[0])
+        return python_number(decode(leaf.dtype, bits)[0])
+    return python_number(bits[0])
 
 
-def _spot(
+def _spot_at(
     actual: Leaf, golden: Leaf, flat: int | None, diff: float = 0.0, *, absolute: bool = False
 ) -> Spot | None:
     if flat is None:
@@ -514,64 +407,3 @@ def _spot(
         # Exact for 64-bit integers, which the float64 search only located.
         diff = float(abs(a - g))
     return Spot(index=index, actual=a, golden=g, diff=diff)
-
-
-# ---------------------------------------------------------------------------------------
-# Statistics for `show`
-
-
-@dataclass(frozen=True)
-class Summary:
-    """Value statistics of one stored leaf: over finite values for ``min`` / ``max`` /
-    ``mean`` (``None`` when there are none or the dtype has no order)."""
-
-    count: int
-    minimum: Number | None
-    maximum: Number | None
-    mean: float | complex | None
-    nan: int
-    inf: int
-
-
-def summarize(leaf: Leaf, *, chunk_elements: int | None = None) -> Summary:
-    """Streaming min, max, mean and NaN / Inf counts of a leaf."""
-    kind = DTYPES[leaf.dtype].kind
-    chunk = chunk_elements or _default_chunk(leaf.dtype)
-    flat = leaf.data.reshape(-1)
-    if kind == "packed" or flat.size == 0:
-        return Summary(count=int(flat.size), minimum=None, maximum=None, mean=None, nan=0, inf=0)
-    numeric = kind in ("float", "complex")
-    accumulate = np.complex128 if kind == "complex" else np.float64
-    nan = inf = finite = 0
-    low: Any = None
-    high: Any = None
-    total: Any = 0.0
-    release = _page_releaser(flat)
-    for start, stop in _chunks(flat.size, chunk):
-        values = flat[start:stop]
-        if numeric:
-            values = decode(leaf.dtype, values)
-            nans = int(np.count_nonzero(np.isnan(values)))
-            good = np.isfinite(values)
-            nan += nans
-            inf += int(values.size - np.count_nonzero(good)) - nans
-            values = values[good]
-        if values.size:
-            finite += int(values.size)
-            total += values.sum(dtype=accumulate)
-            if kind != "complex":
-                low = values.min() if low is None else min(low, values.min())
-                high = values.max() if high is None else max(high, values.max())
-        if release is not None:
-            release(stop * flat.itemsize)
-    mean: float | complex | None = None
-    if finite:
-        mean = complex(total) / finite if kind == "complex" else float(total) / finite
-    return Summary(
-        count=int(flat.size),
-        minimum=None if low is None else _python(low),
-        maximum=None if high is None else _python(high),
-        mean=mean,
-        nan=nan,
-        inf=inf,
-    )

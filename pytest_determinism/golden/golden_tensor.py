@@ -11,31 +11,28 @@ engine, which compares the runs bit for bit.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from pytest_determinism.errors import GoldenFileError
-from pytest_determinism.golden.compare import Comparison, compare
-from pytest_determinism.golden.mismatch import mismatch_report, update_command
+from pytest_determinism.golden.compare import Comparison, compare_leaves
+from pytest_determinism.golden.environment import environment_metadata
+from pytest_determinism.golden.mismatch import mismatch_message, update_command
 from pytest_determinism.golden.storage import (
+    CHECKS_KEY,
+    METADATA_KEY,
     GoldenFile,
     GoldenFormatError,
-    environment_metadata,
+    encode_checks,
     read_golden,
 )
 from pytest_determinism.golden.tolerances import Tolerance, resolve_tolerance
 from pytest_determinism.golden.values import Leaf, bits_equal, flatten
 from pytest_determinism.golden.writing import GoldenWriter
 
-__all__ = ["CHECKS_KEY", "GoldenResult", "GoldenTensor"]
-
-#: Metadata key of the JSON map ``{check name: [its keys]}`` a golden file records.
-CHECKS_KEY = "checks"
-
-_RESERVED_NAMES = frozenset({"__metadata__"})
+__all__ = ["GoldenResult", "GoldenTensor"]
 
 
 @dataclass(frozen=True)
@@ -251,7 +248,7 @@ class GoldenTensor:
             )
         if not name:
             raise ValueError("golden_tensor.check: name must not be empty")
-        if name in _RESERVED_NAMES:
+        if name == METADATA_KEY:
             raise ValueError(f"golden_tensor.check: the name {name!r} is reserved; choose another")
         if name in self._names:
             raise ValueError(
@@ -310,9 +307,9 @@ class GoldenTensor:
             if self.defer_failures:
                 return str(exc)
             raise
-        stored = _keys_of(golden, name)
+        stored = golden.check_keys(name)
         if stored is None:
-            recorded = _recorded_names(golden)
+            recorded = golden.check_names()
             listing = ", ".join(repr(n) for n in recorded[:20]) or "none"
             message = (
                 f"the golden file of {self.test_id} has nothing recorded for check {name!r} "
@@ -323,30 +320,32 @@ class GoldenTensor:
             if self.defer_failures:
                 return message
             raise GoldenFileError(message)
-        comparisons: dict[str, Comparison] = {}
+        result = compare_leaves(
+            leaves,
+            golden.leaves(stored),
+            lambda leaf: self._tolerance(leaf, rtol, atol, exact),
+            equal_nan=equal_nan,
+        )
         for key, leaf in leaves.items():
-            if key not in golden.entries or key not in stored:
+            comparison = result.comparisons.get(key)
+            if comparison is None:
                 self._entries.append(_entry(key, "extra", leaf, None))
-                continue
-            tolerance = self._tolerance(leaf, rtol, atol, exact)
-            result = compare(leaf, golden.leaf(key), tolerance, equal_nan=equal_nan)
-            comparisons[key] = result
-            self._entries.append(_entry(key, "passed" if result.passed else "failed", leaf, result))
-        missing = [k for k in stored if k not in leaves]
-        extra = [k for k in leaves if k not in comparisons]
-        if not missing and not extra and all(c.passed for c in comparisons.values()):
+            else:
+                outcome = "passed" if comparison.passed else "failed"
+                self._entries.append(_entry(key, outcome, leaf, comparison))
+        if result.passed:
             return None
         devices = sorted({leaf.device for leaf in leaves.values()})
         current = environment_metadata(test_id=self.test_id, seed=self.seed, devices=devices)
-        return mismatch_report(
+        return mismatch_message(
             title=f"check {name!r} of {self.test_id}",
             path=self.path,
-            comparisons=comparisons,
-            missing=missing,
-            extra=extra,
+            comparisons=result.comparisons,
+            missing=result.missing,
+            extra=result.extra,
             recorded=golden.metadata,
             current=current,
-            nodeid=self.command_id,
+            command_id=self.command_id,
         )
 
     # -- the end of the test ---------------------------------------------------------
@@ -380,58 +379,57 @@ class GoldenTensor:
             golden.close()
 
     def _write(self) -> GoldenResult:
-        tally = self._tally()
+        recording = self._recording_outcome()
         file_written = False
-        if not tally.unchanged:
+        if not recording.unchanged:
             metadata = environment_metadata(
-                test_id=self.test_id, seed=self.seed, devices=tally.devices
+                test_id=self.test_id, seed=self.seed, devices=recording.devices
             )
-            checks = json.dumps(self._recorded, sort_keys=True, separators=(",", ":"))
-            metadata[CHECKS_KEY] = checks
+            metadata[CHECKS_KEY] = encode_checks(self._recorded)
             file_written = self._writer.commit(metadata)
         return GoldenResult(
             path=self.path,
-            passed=tally.passed,
-            written=tally.written,
-            updated=tally.updated,
+            passed=recording.passed,
+            written=recording.written,
+            updated=recording.updated,
             used=True,
             file_written=file_written,
-            entries=tally.entries,
+            entries=recording.entries,
         )
 
-    def _tally(self) -> _Tally:
+    def _recording_outcome(self) -> _RecordingOutcome:
         # Its own frame, so no leaf (a map of the temporary file) outlives the comparison:
         # the writer closes its maps before installing the file.
         kept = self._writer.leaves()
         old = self._writer.baseline()
-        old_names = _recorded_names(old) if old is not None else []
-        tally = _Tally(devices=sorted({leaf.device for leaf in kept.values()}))
+        old_names = old.check_names() if old is not None else []
+        recording = _RecordingOutcome(devices=sorted({leaf.device for leaf in kept.values()}))
         entries: list[dict[str, Any]] = []
         for name, keys in self._recorded.items():
             checked = {key: kept[key] for key in keys}
             if old is None or name not in old_names:
-                tally.written += 1
+                recording.written += 1
                 outcome = "written"
             elif _same_content(old, name, checked):
-                tally.passed += 1
+                recording.passed += 1
                 outcome = "unchanged"
             else:
-                tally.updated += 1
+                recording.updated += 1
                 outcome = "updated"
             entries.extend(_entry(key, outcome, leaf, None) for key, leaf in checked.items())
-        tally.entries = tuple(entries)
-        tally.unchanged = (
+        recording.entries = tuple(entries)
+        recording.unchanged = (
             old is not None
-            and tally.written == 0
-            and tally.updated == 0
+            and recording.written == 0
+            and recording.updated == 0
             and sorted(old.entries) == sorted(kept)
-            and _recorded_checks(old) == self._recorded
+            and old.recorded_checks() == self._recorded
         )
-        return tally
+        return recording
 
 
 @dataclass
-class _Tally:
+class _RecordingOutcome:
     """How the checks recorded under ``--update-golden`` compare with the old file."""
 
     devices: list[str]
@@ -442,40 +440,8 @@ class _Tally:
     entries: tuple[dict[str, Any], ...] = ()
 
 
-def _recorded_checks(golden: GoldenFile) -> dict[str, Any] | None:
-    text = golden.metadata.get(CHECKS_KEY)
-    if text is None:
-        return None
-    try:
-        checks = json.loads(text)
-    except ValueError:
-        return None
-    return checks if isinstance(checks, dict) else None
-
-
-def _recorded_names(golden: GoldenFile) -> list[str]:
-    checks = _recorded_checks(golden)
-    if checks is not None:
-        return sorted(checks)
-    # A file written by something else: every key is its own check.
-    return golden.sorted_keys()
-
-
-def _keys_of(golden: GoldenFile, name: str) -> list[str] | None:
-    """The stored keys of check ``name``, or ``None`` when it was never recorded."""
-    checks = _recorded_checks(golden)
-    if checks is not None:
-        keys = checks.get(name)
-        if not isinstance(keys, list):
-            return None
-        return [k for k in keys if isinstance(k, str) and k in golden.entries]
-    prefix = name + "."
-    found = [k for k in sorted(golden.entries) if k == name or k.startswith(prefix)]
-    return found or None
-
-
 def _same_content(golden: GoldenFile, name: str, leaves: Mapping[str, Leaf]) -> bool:
-    stored = _keys_of(golden, name)
+    stored = golden.check_keys(name)
     if stored is None or sorted(stored) != sorted(leaves):
         return False
     return all(bits_equal(leaf, golden.leaf(key)) for key, leaf in leaves.items())

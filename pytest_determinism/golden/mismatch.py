@@ -21,14 +21,16 @@ from pathlib import Path
 import numpy as np
 
 from pytest_determinism.golden.compare import Comparison, Spot
-from pytest_determinism.golden.values import DTYPES
+from pytest_determinism.golden.dtypes import DTYPES
 
 __all__ = [
     "ENVIRONMENT_KEYS",
     "environment_changes",
     "format_index",
+    "format_shape",
+    "format_spot",
     "format_value",
-    "mismatch_report",
+    "mismatch_message",
     "update_command",
 ]
 
@@ -42,13 +44,13 @@ ENVIRONMENT_KEYS = {
     "threads": "threads",
 }
 
-# More keys than this in one report are summarised in a count.
+# More keys than this in one message are counted, not listed.
 _MAX_KEYS = 20
 
 
-def update_command(nodeid: str) -> str:
-    """The shell command that re-records the goldens of one test."""
-    quoted = "'" + nodeid.replace("'", "'\"'\"'") + "'"
+def update_command(command_id: str) -> str:
+    """The shell command that re-records the goldens of the test ``command_id`` names."""
+    quoted = "'" + command_id.replace("'", "'\"'\"'") + "'"
     return f"pytest --update-golden {quoted}"
 
 
@@ -100,16 +102,40 @@ def _percent(part: int, total: int) -> str:
     return f"{share:.3g}%"
 
 
-def _shape(shape: tuple[int, ...]) -> str:
-    return "(" + ", ".join(str(n) for n in shape) + ("," if len(shape) == 1 else "") + ")"
+def format_shape(shape: tuple[int, ...]) -> str:
+    """A shape, written as :func:`format_index` writes an index."""
+    return format_index(shape)
 
 
-def _spot(label: str, spot: Spot, dtype: str, with_diff: bool = True) -> str:
-    where = format_index(spot.index)
-    values = f"actual {format_value(spot.actual, dtype)}, golden {format_value(spot.golden, dtype)}"
+def format_spot(
+    spot: Spot,
+    dtype: str,
+    *,
+    actual: str = "actual",
+    golden: str = "golden",
+    golden_first: bool = False,
+    where: str | None = None,
+) -> str:
+    """``at (0, 5): actual 1.5, golden 1.25``: a position and both values there.
+
+    ``actual`` and ``golden`` name the two sides; ``golden_first`` puts the reference side
+    (run 0, a sample alone) first; ``where`` replaces the index, for a position given in
+    two frames (alone and in the batch).
+    """
+    sides = [
+        f"{actual} {format_value(spot.actual, dtype)}",
+        f"{golden} {format_value(spot.golden, dtype)}",
+    ]
+    if golden_first:
+        sides.reverse()
+    position = format_index(spot.index) if where is None else where
+    return f"at {position}: {', '.join(sides)}"
+
+
+def _spot_line(label: str, spot: Spot, dtype: str, with_diff: bool = True) -> str:
     if with_diff:
-        return f"    {label} {_diff(spot.diff)} at {where}: {values}"
-    return f"    {label} at {where}: {values}"
+        return f"    {label} {_diff(spot.diff)} {format_spot(spot, dtype)}"
+    return f"    {label} {format_spot(spot, dtype)}"
 
 
 def _describe(key: str, comparison: Comparison) -> list[str]:
@@ -119,13 +145,13 @@ def _describe(key: str, comparison: Comparison) -> list[str]:
         hint = _dtype_hint(c.actual_dtype, c.golden_dtype)
         return [
             f"  dtype changed: {shown} is {c.actual_dtype} now, the golden is {c.golden_dtype} "
-            f"(shapes {_shape(c.actual_shape)} and {_shape(c.golden_shape)}); values were "
-            f"not compared. {hint}"
+            f"(shapes {format_shape(c.actual_shape)} and {format_shape(c.golden_shape)}); "
+            f"values were not compared. {hint}"
         ]
     if c.outcome == "shape":
         return [
-            f"  shape changed: {shown} has shape {_shape(c.actual_shape)} now, the golden "
-            f"{_shape(c.golden_shape)} ({c.actual_dtype}); values were not compared"
+            f"  shape changed: {shown} has shape {format_shape(c.actual_shape)} now, the golden "
+            f"{format_shape(c.golden_shape)} ({c.actual_dtype}); values were not compared"
         ]
     kind = DTYPES[c.actual_dtype].kind
     rule = (
@@ -135,21 +161,21 @@ def _describe(key: str, comparison: Comparison) -> list[str]:
     )
     noun = "bits" if c.tolerance.exact and kind in ("float", "complex") else "values"
     lines = [
-        f"  numbers drifted: {shown} {c.actual_dtype} {_shape(c.actual_shape)}: "
+        f"  numbers drifted: {shown} {c.actual_dtype} {format_shape(c.actual_shape)}: "
         f"{c.mismatched} of {c.total} elements ({_percent(c.mismatched, c.total)}) differ"
         f"{'' if rule == 'exactly' else ' ' + rule}"
         + (f" (compared {noun} exactly)" if rule == "exactly" else "")
     ]
     if c.max_abs is not None and kind != "bool":
-        lines.append(_spot("largest absolute difference", c.max_abs, c.actual_dtype))
+        lines.append(_spot_line("largest absolute difference", c.max_abs, c.actual_dtype))
     if c.max_rel is not None and kind != "bool":
-        lines.append(_spot("largest relative difference", c.max_rel, c.actual_dtype))
+        lines.append(_spot_line("largest relative difference", c.max_rel, c.actual_dtype))
     if c.first_mismatch is not None:
-        lines.append(_spot("first difference", c.first_mismatch, c.actual_dtype, False))
+        lines.append(_spot_line("first difference", c.first_mismatch, c.actual_dtype, False))
     if c.nan_mismatches:
         assert c.first_nan_mismatch is not None
         lines.append(
-            _spot(
+            _spot_line(
                 f"NaN mismatches: {c.nan_mismatches}, first",
                 c.first_nan_mismatch,
                 c.actual_dtype,
@@ -160,7 +186,7 @@ def _describe(key: str, comparison: Comparison) -> list[str]:
     if c.inf_mismatches:
         assert c.first_inf_mismatch is not None
         lines.append(
-            _spot(
+            _spot_line(
                 f"Inf mismatches: {c.inf_mismatches}, first",
                 c.first_inf_mismatch,
                 c.actual_dtype,
@@ -192,7 +218,7 @@ def environment_changes(recorded: Mapping[str, str], current: Mapping[str, str])
     return changes
 
 
-def mismatch_report(
+def mismatch_message(
     *,
     title: str,
     path: Path | str,
@@ -201,15 +227,15 @@ def mismatch_report(
     extra: Sequence[str] = (),
     recorded: Mapping[str, str] | None = None,
     current: Mapping[str, str] | None = None,
-    nodeid: str | None = None,
+    command_id: str | None = None,
 ) -> str:
     """The full text of a failed check.
 
     ``title`` says what was checked (``"check 'logits'"``); ``comparisons`` holds every
     compared key (passing ones are left out of the text); ``missing`` keys are in the
     golden only, ``extra`` ones in this run only; ``recorded`` is the golden's metadata
-    and ``current`` this run's, for the ``recorded elsewhere`` line; ``nodeid`` gives the
-    command that re-records.
+    and ``current`` this run's, for the ``recorded elsewhere`` line; ``command_id`` is the
+    test as the record command names it.
     """
     failing = [(key, c) for key, c in comparisons.items() if not c.passed]
     kinds = sorted(
@@ -243,8 +269,8 @@ def mismatch_report(
             + "); small float differences are expected there: loosen rtol/atol "
             "(or golden_tolerances) or re-record for this environment"
         )
-    if nodeid:
-        lines.append(f"  to accept the new values: {update_command(nodeid)}")
+    if command_id:
+        lines.append(f"  to accept the new values: {update_command(command_id)}")
     return "\n".join(lines)
 
 

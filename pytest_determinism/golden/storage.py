@@ -17,9 +17,7 @@ import json
 import math
 import mmap
 import os
-import platform
-import sys
-from collections.abc import Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -28,9 +26,11 @@ from typing import Any
 import numpy as np
 
 from pytest_determinism.errors import GoldenFileError
-from pytest_determinism.golden.values import DTYPES, Leaf
+from pytest_determinism.golden.dtypes import DTYPES
+from pytest_determinism.golden.values import Leaf
 
 __all__ = [
+    "CHECKS_KEY",
     "CODES",
     "FORMAT",
     "METADATA_KEY",
@@ -38,7 +38,7 @@ __all__ = [
     "GoldenFile",
     "GoldenFormatError",
     "StoredEntry",
-    "environment_metadata",
+    "encode_checks",
     "read_golden",
 ]
 
@@ -50,6 +50,9 @@ MAX_HEADER_BYTES = 100_000_000
 
 #: The header key safetensors reserves for the string-to-string metadata.
 METADATA_KEY = "__metadata__"
+
+#: Metadata key of the JSON map ``{check name: [its keys]}`` a golden file records.
+CHECKS_KEY = "checks"
 
 #: torch dtype name -> safetensors code, for dtypes stored as themselves.
 CODES = {
@@ -141,6 +144,39 @@ class GoldenFile:
         """The tensor keys, sorted."""
         return sorted(self.entries)
 
+    def recorded_checks(self) -> dict[str, Any] | None:
+        """The map ``{check name: [its keys]}`` the file records under :data:`CHECKS_KEY`,
+        or ``None`` when it records none it can be read from (a file written by something
+        else)."""
+        text = self.metadata.get(CHECKS_KEY)
+        if text is None:
+            return None
+        try:
+            checks = json.loads(text)
+        except ValueError:
+            return None
+        return checks if isinstance(checks, dict) else None
+
+    def check_names(self) -> list[str]:
+        """The names of the checks recorded, sorted."""
+        checks = self.recorded_checks()
+        if checks is not None:
+            return sorted(checks)
+        # A file written by something else: every key is its own check.
+        return self.sorted_keys()
+
+    def check_keys(self, name: str) -> list[str] | None:
+        """The stored keys of check ``name``, or ``None`` when it was never recorded."""
+        checks = self.recorded_checks()
+        if checks is not None:
+            keys = checks.get(name)
+            if not isinstance(keys, list):
+                return None
+            return [k for k in keys if isinstance(k, str) and k in self.entries]
+        prefix = name + "."
+        found = [k for k in sorted(self.entries) if k == name or k.startswith(prefix)]
+        return found or None
+
     def leaf(self, key: str) -> Leaf:
         """The stored value of ``key`` as a leaf whose data is a read-only memory map."""
         entry = self.entries[key]
@@ -158,9 +194,10 @@ class GoldenFile:
             )
         return Leaf(dtype=entry.dtype, shape=entry.shape, data=data, device="cpu")
 
-    def leaves(self) -> dict[str, Leaf]:
-        """Every stored value, keyed as stored."""
-        return {key: self.leaf(key) for key in self.sorted_keys()}
+    def leaves(self, keys: Iterable[str] | None = None) -> Mapping[str, Leaf]:
+        """The stored values of ``keys`` (every key, sorted, by default), in that order, as a
+        mapping that maps each one (as :meth:`leaf` does) only when it is looked up."""
+        return _StoredLeaves(self, self.sorted_keys() if keys is None else list(keys))
 
     def close(self) -> None:
         """Release the memory map (leaves still in use keep it alive until dropped)."""
@@ -180,6 +217,35 @@ class GoldenFile:
         traceback: TracebackType | None,
     ) -> None:
         self.close()
+
+
+def encode_checks(checks: Mapping[str, list[str]]) -> str:
+    """The :data:`CHECKS_KEY` metadata value recording ``{check name: [its keys]}``."""
+    return json.dumps(checks, sort_keys=True, separators=(",", ":"))
+
+
+class _StoredLeaves(Mapping[str, Leaf]):
+    """Some keys of an open golden file; a comparison maps one leaf at a time."""
+
+    def __init__(self, golden: GoldenFile, keys: list[str]) -> None:
+        self._golden = golden
+        self._keys = keys
+        self._known = set(keys)
+
+    def __getitem__(self, key: str) -> Leaf:
+        if key not in self._known:
+            raise KeyError(key)
+        return self._golden.leaf(key)
+
+    def __contains__(self, key: object) -> bool:
+        # Mapping's own test would look the leaf up, mapping it for nothing.
+        return key in self._known
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._keys)
+
+    def __len__(self) -> int:
+        return len(self._keys)
 
 
 # ---------------------------------------------------------------------------------------
@@ -337,77 +403,3 @@ def _parse_entry(
         start=start,
         stop=stop,
     )
-
-
-# ---------------------------------------------------------------------------------------
-# Metadata
-
-
-def _torch_version() -> str:
-    torch = sys.modules.get("torch")
-    if torch is not None:
-        return str(torch.__version__)
-    from importlib import metadata
-
-    try:
-        return metadata.version("torch")
-    except metadata.PackageNotFoundError:
-        return "not installed"
-
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as handle:
-            for line in handle:
-                if line.startswith("model name"):
-                    return line.partition(":")[2].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def _threads() -> str:
-    torch = sys.modules.get("torch")
-    if torch is not None:
-        return str(torch.get_num_threads())
-    affinity = getattr(os, "sched_getaffinity", None)
-    return str(len(affinity(0)) if affinity else os.cpu_count() or 1)
-
-
-def _device_names(devices: list[str]) -> str:
-    torch = sys.modules.get("torch")
-    names = []
-    for device in devices:
-        if device.startswith("cuda") and torch is not None and torch.cuda.is_initialized():
-            with contextlib.suppress(Exception):
-                names.append(f"{device}: {torch.cuda.get_device_name(device)}")
-    return "; ".join(names)
-
-
-def environment_metadata(
-    *, test_id: str, seed: int | None, devices: list[str] | None = None
-) -> dict[str, str]:
-    """The metadata a golden records about where it was made (all values strings).
-
-    Keys: ``format``, ``plugin_version``, ``python``, ``numpy``, ``torch``, ``device``
-    (the devices of the checked values), ``device_name`` (GPU models, when known),
-    ``platform``, ``cpu``, ``threads`` (torch's intra-op threads, or the usable cores
-    without torch), ``seed`` and ``test``.
-    """
-    from pytest_determinism import __version__
-
-    used = sorted(set(devices or ["cpu"]))
-    return {
-        "format": FORMAT,
-        "plugin_version": __version__,
-        "python": platform.python_version(),
-        "numpy": np.__version__,
-        "torch": _torch_version(),
-        "device": ",".join(used),
-        "device_name": _device_names(used),
-        "platform": f"{platform.system()}-{platform.machine()}",
-        "cpu": _cpu_model(),
-        "threads": _threads(),
-        "seed": "" if seed is None else str(seed),
-        "test": test_id,
-    }

@@ -13,7 +13,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from pytest_determinism.golden.values import DTYPES, EXACT_KINDS
+from pytest_determinism.golden.dtypes import DTYPES, EXACT_KINDS
 
 __all__ = [
     "DEFAULT_TOLERANCES",

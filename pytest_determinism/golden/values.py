@@ -2,9 +2,9 @@
 
 A *leaf* is one tensor-like value reduced to what a golden file stores: the dtype in torch's
 spelling, the shape, and a C-contiguous CPU NumPy array with the same bits. Dtypes NumPy
-lacks are held in an unsigned integer array of the same item size (``bfloat16`` as
-``uint16``, the float8 types as ``uint8``, ``complex32`` as ``uint32``), so ``data.shape``
-always equals ``shape`` and nothing is ever rounded on the way in.
+lacks are held in a bit container of the same item size
+(:mod:`pytest_determinism.golden.dtypes`), so ``data.shape`` always equals ``shape`` and
+nothing is ever rounded on the way in.
 
 torch is never imported here: a value can only be a torch tensor if the caller imported
 torch already, so ``sys.modules`` tells whether to look for one.
@@ -20,91 +20,10 @@ from typing import Any
 
 import numpy as np
 
-__all__ = [
-    "DTYPES",
-    "EXACT_KINDS",
-    "DtypeInfo",
-    "Leaf",
-    "bits_equal",
-    "bytes_equal",
-    "flatten",
-    "join_key",
-    "raw_view",
-]
+from pytest_determinism.golden.dtypes import DTYPES, bytes_equal, numpy_dtype_name
 
+__all__ = ["Leaf", "bits_equal", "flatten", "join_key"]
 
-@dataclass(frozen=True)
-class DtypeInfo:
-    """What the plugin knows about one dtype, by its torch name.
-
-    ``kind`` is ``"bool"``, ``"int"``, ``"uint"``, ``"float"``, ``"complex"`` or
-    ``"packed"`` (sub-byte floats, two to a byte, compared bit for bit); ``storage``
-    is the NumPy dtype that holds the bits (the dtype itself where NumPy has it).
-    """
-
-    name: str
-    kind: str
-    storage: np.dtype[Any]
-
-    @property
-    def itemsize(self) -> int:
-        """Bytes per element."""
-        return int(self.storage.itemsize)
-
-    @property
-    def native(self) -> bool:
-        """Whether ``storage`` is the dtype itself rather than a same-size bit container."""
-        return self.storage.name == self.name
-
-
-def _info(name: str, kind: str, storage: str) -> DtypeInfo:
-    return DtypeInfo(name=name, kind=kind, storage=np.dtype(storage))
-
-
-#: Every dtype a leaf may have, keyed by torch's spelling.
-DTYPES: dict[str, DtypeInfo] = {
-    info.name: info
-    for info in (
-        _info("bool", "bool", "bool"),
-        _info("uint8", "uint", "uint8"),
-        _info("uint16", "uint", "uint16"),
-        _info("uint32", "uint", "uint32"),
-        _info("uint64", "uint", "uint64"),
-        _info("int8", "int", "int8"),
-        _info("int16", "int", "int16"),
-        _info("int32", "int", "int32"),
-        _info("int64", "int", "int64"),
-        _info("float16", "float", "float16"),
-        _info("bfloat16", "float", "uint16"),
-        _info("float32", "float", "float32"),
-        _info("float64", "float", "float64"),
-        _info("float8_e4m3fn", "float", "uint8"),
-        _info("float8_e4m3fnuz", "float", "uint8"),
-        _info("float8_e5m2", "float", "uint8"),
-        _info("float8_e5m2fnuz", "float", "uint8"),
-        _info("float8_e8m0fnu", "float", "uint8"),
-        # Two 4-bit floats packed in a byte: compared bit for bit, never decoded.
-        _info("float4_e2m1fn_x2", "packed", "uint8"),
-        _info("complex32", "complex", "uint32"),
-        _info("complex64", "complex", "complex64"),
-        _info("complex128", "complex", "complex128"),
-    )
-}
-
-#: Kinds compared for equality only, whatever tolerance is asked for.
-EXACT_KINDS = frozenset({"bool", "int", "uint", "packed"})
-
-# NumPy dtypes from the ml_dtypes package carry the same names as torch's.
-_NUMPY_EXTENSION_NAMES = frozenset(
-    {
-        "bfloat16",
-        "float8_e4m3fn",
-        "float8_e4m3fnuz",
-        "float8_e5m2",
-        "float8_e5m2fnuz",
-        "float8_e8m0fnu",
-    }
-)
 
 _WHAT_IS_ACCEPTED = (
     "expected a torch tensor, a NumPy array, a Python number, or a dict / list / tuple of these"
@@ -145,36 +64,6 @@ def bits_equal(a: Leaf, b: Leaf) -> bool:
     if a.dtype != b.dtype or a.shape != b.shape:
         return False
     return bytes_equal(a.data, b.data)
-
-
-# Comparing a large array in one go would allocate a full-size boolean temporary.
-_EQUAL_CHUNK_BYTES = 1 << 22
-
-
-def raw_view(array: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
-    """A 1-d unsigned-integer view of a C-contiguous array's bytes, with the widest item
-    size that divides its length (equality of such views is equality of the bytes)."""
-    flat = array.reshape(-1).view(np.uint8)
-    for width, kind in ((8, np.uint64), (4, np.uint32), (2, np.uint16)):
-        if flat.size % width == 0:
-            return flat.view(kind)
-    return flat
-
-
-def bytes_equal(a: np.ndarray[Any, Any], b: np.ndarray[Any, Any]) -> bool:
-    """Whether two C-contiguous arrays hold identical bytes, in bounded extra memory."""
-    ra = a.reshape(-1).view(np.uint8)
-    rb = b.reshape(-1).view(np.uint8)
-    if ra.size != rb.size:
-        return False
-    if ra.ctypes.data == rb.ctypes.data:
-        # Two views of the same memory, such as a kept leaf and the golden it came from.
-        return True
-    for start in range(0, ra.size, _EQUAL_CHUNK_BYTES):
-        stop = start + _EQUAL_CHUNK_BYTES
-        if not np.array_equal(raw_view(ra[start:stop]), raw_view(rb[start:stop])):
-            return False
-    return True
 
 
 def join_key(prefix: str, key: str) -> str:
@@ -307,22 +196,13 @@ def _number_leaf(value: bool | int | float | complex, path: str) -> Leaf:
     return Leaf(dtype=array.dtype.name, shape=(), data=array)
 
 
-def _numpy_dtype_name(dtype: np.dtype[Any]) -> str | None:
-    name = dtype.name
-    if name in _NUMPY_EXTENSION_NAMES and dtype.itemsize == DTYPES[name].itemsize:
-        return name
-    if dtype.kind in "biufc" and name in DTYPES and DTYPES[name].native:
-        return name
-    return None
-
-
 def _numpy_leaf(value: np.ndarray[Any, Any] | np.generic, path: str, copy: bool) -> Leaf:
     if isinstance(value, np.ma.MaskedArray):
         raise _bad_type(
             path, value, "masked arrays lose their mask here; check .filled() and .mask"
         )
     array = np.asarray(value)
-    name = _numpy_dtype_name(array.dtype)
+    name = numpy_dtype_name(array.dtype)
     if name is None:
         raise _bad_type(
             path,
@@ -336,9 +216,6 @@ def _numpy_leaf(value: np.ndarray[Any, Any] | np.generic, path: str, copy: bool)
     bits = array.view(info.storage) if not info.native else array
     data = np.array(bits, order="C", copy=True) if copy else np.ascontiguousarray(bits)
     return Leaf(dtype=name, shape=tuple(int(n) for n in array.shape), data=data)
-
-
-_SAME_SIZE_INT = {1: "uint8", 2: "int16", 4: "int32", 8: "int64"}
 
 
 def _torch_leaf(torch: Any, tensor: Any, path: str, copy: bool) -> Leaf:
@@ -375,7 +252,7 @@ def _torch_leaf(torch: Any, tensor: Any, path: str, copy: bool) -> Leaf:
             flat = flat.resolve_neg()
         flat = flat.cpu().contiguous()
         if not info.native:
-            flat = flat.view(getattr(torch, _SAME_SIZE_INT[info.itemsize]))
+            flat = flat.view(getattr(torch, info.torch_container))
         # A CPU tensor that needed no conversion still shares the caller's memory.
         shares = flat.data_ptr() == tensor.data_ptr() and tensor.device.type == "cpu"
         array = flat.numpy()

@@ -39,8 +39,9 @@ from typing import Any
 import numpy as np
 
 from pytest_determinism.errors import GoldenFileError
+from pytest_determinism.golden.dtypes import DTYPES
 from pytest_determinism.golden.storage import CODES, METADATA_KEY, VIEWS, GoldenFile, read_golden
-from pytest_determinism.golden.values import DTYPES, Leaf, bits_equal
+from pytest_determinism.golden.values import Leaf, bits_equal
 
 __all__ = ["STREAM_BYTES", "GoldenWriter", "write_golden"]
 

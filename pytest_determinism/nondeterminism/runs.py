@@ -23,8 +23,8 @@ from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
-from pytest_determinism.golden.compare import Spot, compare
-from pytest_determinism.golden.mismatch import format_index, format_value
+from pytest_determinism.golden.compare import Comparison, compare_leaves
+from pytest_determinism.golden.mismatch import format_spot
 from pytest_determinism.golden.tolerances import EXACT
 from pytest_determinism.golden.values import Leaf, bits_equal
 from pytest_determinism.nondeterminism.trace import Trace, tracing
@@ -138,27 +138,24 @@ def _same_error(a: BaseException | None, b: BaseException | None) -> bool:
     return type(a) is type(b) and _ADDRESS.sub("0x", str(a)) == _ADDRESS.sub("0x", str(b))
 
 
-def _spot_text(spot: Spot, dtype: str, first: str, other: str) -> str:
-    return (
-        f"at {format_index(spot.index)}: {first} {format_value(spot.golden, dtype)}, "
-        f"{other} {format_value(spot.actual, dtype)}"
-    )
-
-
-def _value_difference(key: str, first: Leaf, other: Leaf, other_name: str) -> KeyDifference:
-    comparison = compare(other, first, EXACT)
+def _value_difference(key: str, comparison: Comparison, other_name: str) -> KeyDifference:
+    dtype = comparison.golden_dtype
     largest = comparison.max_abs
     detail = (
-        f"{first.dtype}{list(first.shape)}: {comparison.mismatched} of {comparison.total} "
-        "elements differ"
+        f"{dtype}{list(comparison.golden_shape)}: {comparison.mismatched} of "
+        f"{comparison.total} elements differ"
     )
     if largest is not None and comparison.mismatched:
-        detail += f", max abs diff {largest.diff:.3g} " + _spot_text(
-            largest, first.dtype, "run 0", other_name
+        detail += f", max abs diff {largest.diff:.3g} " + format_spot(
+            largest, dtype, actual=other_name, golden="run 0", golden_first=True
         )
     elif comparison.first_mismatch is not None:
-        detail += ", first " + _spot_text(
-            comparison.first_mismatch, first.dtype, "run 0", other_name
+        detail += ", first " + format_spot(
+            comparison.first_mismatch,
+            dtype,
+            actual=other_name,
+            golden="run 0",
+            golden_first=True,
         )
     mismatches = comparison.nan_mismatches + comparison.inf_mismatches
     if mismatches:
@@ -177,20 +174,21 @@ def _value_difference(key: str, first: Leaf, other: Leaf, other_name: str) -> Ke
 def _differences(
     a: Mapping[str, Leaf], b: Mapping[str, Leaf], other_name: str
 ) -> list[KeyDifference]:
+    # Run 0 is the reference, as a golden is.
+    result = compare_leaves(b, a, lambda _: EXACT)
     out: list[KeyDifference] = []
-    for key, leaf in a.items():
-        other = b.get(key)
-        if other is None:
+    for key in a:
+        c = result.comparisons.get(key)
+        if c is None:
             out.append(KeyDifference(key, "missing", "missing in this run"))
-        elif leaf.dtype != other.dtype:
-            out.append(KeyDifference(key, "dtype", f"dtype {leaf.dtype} -> {other.dtype}"))
-        elif leaf.shape != other.shape:
-            out.append(
-                KeyDifference(key, "shape", f"shape {list(leaf.shape)} -> {list(other.shape)}")
-            )
-        elif not bits_equal(leaf, other):
-            out.append(_value_difference(key, leaf, other, other_name))
-    out.extend(KeyDifference(key, "extra", "not checked in run 0") for key in b.keys() - a.keys())
+        elif c.outcome == "dtype":
+            out.append(KeyDifference(key, "dtype", f"dtype {c.golden_dtype} -> {c.actual_dtype}"))
+        elif c.outcome == "shape":
+            shapes = f"shape {list(c.golden_shape)} -> {list(c.actual_shape)}"
+            out.append(KeyDifference(key, "shape", shapes))
+        elif not c.passed:
+            out.append(_value_difference(key, c, other_name))
+    out.extend(KeyDifference(key, "extra", "not checked in run 0") for key in result.extra)
     return out
 
 
