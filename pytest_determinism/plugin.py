@@ -10,13 +10,13 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Generator, Iterator
-from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from pytest_determinism.errors import DeterminismWarning
+from pytest_determinism.golden.environment import device_description, torch_version
 from pytest_determinism.inventory import delete_unused, take_inventory
 from pytest_determinism.options import (
     OptionError,
@@ -27,7 +27,7 @@ from pytest_determinism.options import (
 )
 from pytest_determinism.paths import golden_file, invocation_id, warn_about_case_clashes
 from pytest_determinism.session import PluginSession
-from pytest_determinism.state import context
+from pytest_determinism.state import context, cublas
 from pytest_determinism.xdist_hooks import WORKER_OUTPUT_KEY
 
 if TYPE_CHECKING:
@@ -41,7 +41,6 @@ MARKER_HELP = (
     "stochastic=False): seed every RNG, run torch modules in eval mode and deterministic "
     "kernels for this test, and restore everything afterwards"
 )
-_CUBLAS_VAR = "CUBLAS_WORKSPACE_CONFIG"
 
 
 SESSION = pytest.StashKey[PluginSession]()
@@ -131,10 +130,7 @@ def pytest_configure(config: pytest.Config) -> None:
     plugin_session = PluginSession(options=options, tolerances=tolerances)
     plugin_session.outer_tolerances = context.set_tolerance_overrides(tolerances)
     config.stash[SESSION] = plugin_session
-    if _CUBLAS_VAR not in os.environ:
-        # Only effective before CUDA starts, so it is set once, at configure time.
-        os.environ[_CUBLAS_VAR] = ":4096:8"
-        plugin_session.cublas_was_unset = True
+    plugin_session.cublas_was_unset = cublas.set_if_unset()
     from pytest_determinism import hypothesis_hook
 
     hypothesis_hook.set_active(True)
@@ -163,7 +159,7 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     if plugin_session is None:
         return
     if plugin_session.cublas_was_unset:
-        os.environ.pop(_CUBLAS_VAR, None)
+        cublas.unset()
     context.set_tolerance_overrides(plugin_session.outer_tolerances)
     from pytest_determinism import hypothesis_hook
 
@@ -174,15 +170,13 @@ def pytest_report_header(config: pytest.Config) -> str:
     """Seed, pinned thread count, torch version (from metadata: no import), cuBLAS and
     hash-seed settings."""
     options = config.stash[SESSION].options
-    try:
-        torch_version = metadata.version("torch")
-    except metadata.PackageNotFoundError:
-        torch_version = "not installed"
+    torch = torch_version() or "not installed"
     mode = f", CI mode: {options.runs} runs" if options.ci_mode else ""
     threads = f", threads {options.threads}" if options.threads is not None else ""
     return (
-        f"determinism: seed {options.seed}{threads}, torch {torch_version}, "
-        f"{_CUBLAS_VAR}={os.environ.get(_CUBLAS_VAR, 'unset')}, "
+        f"determinism: seed {options.seed}{threads}, torch {torch}, "
+        f"{cublas.CUBLAS_WORKSPACE_CONFIG}="
+        f"{os.environ.get(cublas.CUBLAS_WORKSPACE_CONFIG, 'unset')}, "
         f"PYTHONHASHSEED={os.environ.get('PYTHONHASHSEED', 'unset')}{mode}"
     )
 
@@ -412,7 +406,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     )
     torch = sys.modules.get("torch")
     if torch is not None and record.tests:
-        record.devices.add(_device_description(torch))
+        record.devices.add(device_description(torch))
     if _is_xdist_worker(config):
         config.workeroutput[WORKER_OUTPUT_KEY] = record.to_json()  # type: ignore[attr-defined]
         return
@@ -424,14 +418,6 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
             plugin_session.options.report_path,
             build_report(record, plugin_session.options, exitstatus),
         )
-
-
-def _device_description(torch: Any) -> str:
-    if torch.cuda.is_initialized():
-        index = torch.cuda.current_device()
-        return f"cuda:{index} ({torch.cuda.get_device_name(index)})"
-    threads = torch.get_num_threads()
-    return f"cpu ({threads} thread{'s' if threads != 1 else ''})"
 
 
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pytest_determinism.golden.paths import golden_path, golden_root, sanitize
+from pytest_determinism.golden.paths import golden_path, golden_root, name_from_nodeid, sanitize
 
 _SAFE = re.compile(r"[A-Za-z0-9_.-]+")
 
@@ -114,3 +114,8 @@ def test_a_symbolic_link_pointing_out_of_the_root_is_refused(tmp_path: Path) -> 
     (root / "test_m").symlink_to(tmp_path / "outside")
     with pytest.raises(ValueError, match="outside the golden root"):
         golden_path(test_file, "test_a", tmp_path)
+
+
+def test_name_from_nodeid() -> None:
+    assert name_from_nodeid("tests/test_m.py::TestC::test_x[1-a]") == "TestC.test_x[1-a]"
+    assert name_from_nodeid("tests/test_m.py::test_x") == "test_x"

@@ -25,6 +25,7 @@ __all__ = [
     "case_clashes",
     "golden_path",
     "golden_root",
+    "name_from_nodeid",
     "sanitize",
 ]
 
@@ -112,6 +113,13 @@ def golden_path(
             f"{root} (a symbolic link inside it points elsewhere?)"
         )
     return path
+
+
+def name_from_nodeid(nodeid: str) -> str:
+    """The test name a golden is stored under, from a pytest node id:
+    ``tests/test_m.py::TestC::test_x[1]`` gives ``TestC.test_x[1]``."""
+    parts = nodeid.split("::")
+    return ".".join(parts[1:]) if len(parts) > 1 else parts[0]
 
 
 def case_clashes(paths: Mapping[str, Path]) -> list[list[str]]:

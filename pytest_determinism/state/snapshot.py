@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from pytest_determinism.state.cublas import CUBLAS_WORKSPACE_CONFIG
 from pytest_determinism.state.rng import RngState, capture_rng, restore_rng, torch_if_imported
 
 __all__ = [
@@ -30,7 +31,6 @@ __all__ = [
     "restore",
 ]
 
-_CUBLAS_VAR = "CUBLAS_WORKSPACE_CONFIG"
 
 # Backends whose fp32_precision decides TF32 (CUDA) or bf16 (oneDNN) for float32 work.
 _NEW_API_MATMUL = ("cuda.matmul", "mkldnn.matmul")
@@ -147,7 +147,7 @@ def capture() -> GlobalState:
     return GlobalState(
         rng=capture_rng(),
         torch=None if torch is None else capture_torch_flags(torch),
-        cublas_workspace_config=os.environ.get(_CUBLAS_VAR),
+        cublas_workspace_config=os.environ.get(CUBLAS_WORKSPACE_CONFIG),
     )
 
 
@@ -206,9 +206,9 @@ def restore(state: GlobalState) -> None:
     if torch is not None and state.torch is not None:
         _restore_torch(torch, state.torch)
     if state.cublas_workspace_config is None:
-        os.environ.pop(_CUBLAS_VAR, None)
+        os.environ.pop(CUBLAS_WORKSPACE_CONFIG, None)
     else:
-        os.environ[_CUBLAS_VAR] = state.cublas_workspace_config
+        os.environ[CUBLAS_WORKSPACE_CONFIG] = state.cublas_workspace_config
 
 
 def apply_deterministic_settings(
