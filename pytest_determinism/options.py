@@ -22,6 +22,7 @@ __all__ = [
     "OptionError",
     "SessionOptions",
     "TestSettings",
+    "add_options",
     "parse_golden_tolerances",
     "parse_runs",
     "parse_seed",
@@ -104,6 +105,71 @@ class SessionOptions:
     report_path: Path | None = None
     #: the CPU thread count of every marked test whose marker sets none; None: left alone
     threads: int | None = None
+
+
+def add_options(parser: pytest.Parser) -> None:
+    """Register the command-line options and ini keys (``pytest_addoption``)."""
+    group = parser.getgroup("determinism", "nondeterminism and numerical regressions")
+    group.addoption(
+        "--update-golden",
+        action="store_true",
+        default=False,
+        help="record golden_tensor checks instead of comparing them; write only changed files",
+    )
+    group.addoption(
+        "--determinism",
+        action="store_true",
+        default=False,
+        help="CI mode: run each deterministic test repeatedly and once under another "
+        "forward-pass seed, and report the first module whose output diverged",
+    )
+    group.addoption(
+        "--determinism-runs",
+        action="store",
+        default=None,
+        metavar="N",
+        help="runs per test under --determinism (default 2; ini determinism_runs)",
+    )
+    group.addoption(
+        "--determinism-seed",
+        action="store",
+        default=None,
+        metavar="N",
+        help="session seed for deterministic tests (default 0; ini determinism_seed)",
+    )
+    group.addoption(
+        "--determinism-threads",
+        action="store",
+        default=None,
+        metavar="N",
+        help="CPU thread count (torch.set_num_threads) of every deterministic test whose "
+        "marker sets no threads=; makes goldens portable across machines and xdist "
+        "(default: left alone; ini determinism_threads)",
+    )
+    group.addoption(
+        "--determinism-report",
+        action="store",
+        default=None,
+        metavar="PATH",
+        help="write a JSON report per test (outcome, seed, runs, golden differences, "
+        "nondeterminism verdict) to PATH",
+    )
+    parser.addini("determinism_seed", "session seed for deterministic tests (default 0)")
+    parser.addini("determinism_runs", "runs per test under --determinism (default 2)")
+    parser.addini(
+        "determinism_threads",
+        "CPU thread count of every deterministic test whose marker sets none (default: left alone)",
+    )
+    parser.addini(
+        "golden_dir",
+        "root folder of golden files, relative to the rootdir "
+        "(default: __golden__ beside each test file)",
+    )
+    parser.addini(
+        "golden_tolerances",
+        "default tolerances per dtype, one a line: 'bfloat16: rtol=2e-2 atol=1e-3'",
+        type="linelist",
+    )
 
 
 def session_options(config: pytest.Config) -> SessionOptions:

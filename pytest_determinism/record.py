@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from pytest_determinism.inventory import Inventory
 
 if TYPE_CHECKING:
-    from pytest_determinism.golden.golden_tensor import GoldenResult
+    from pytest_determinism.golden.result import GoldenResult
 
 __all__ = ["SessionRecord", "TestRecord"]
 

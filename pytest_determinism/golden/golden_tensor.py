@@ -12,14 +12,15 @@ engine, which compares the runs bit for bit.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from pytest_determinism.errors import GoldenFileError
-from pytest_determinism.golden.compare import Comparison, compare_leaves
+from pytest_determinism.golden.compare import compare_leaves
 from pytest_determinism.golden.environment import environment_metadata
 from pytest_determinism.golden.mismatch import mismatch_message, update_command
+from pytest_determinism.golden.result import GoldenResult, key_entry
 from pytest_determinism.golden.storage import (
     CHECKS_KEY,
     METADATA_KEY,
@@ -32,55 +33,7 @@ from pytest_determinism.golden.tolerances import Tolerance, resolve_tolerance
 from pytest_determinism.golden.values import Leaf, bits_equal, flatten
 from pytest_determinism.golden.writing import GoldenWriter
 
-__all__ = ["GoldenResult", "GoldenTensor"]
-
-
-@dataclass(frozen=True)
-class GoldenResult:
-    """What one test's golden checks came to, for the summary and the CI report.
-
-    Counts are per checked name (one ``check`` call): ``passed`` (matched, or recorded
-    unchanged under ``--update-golden``), ``failed`` (differed, or had no golden),
-    ``written`` (recorded for the first time), ``updated`` (recorded with new content).
-    ``used``: the test checked something, so its golden file is needed. ``not_written``:
-    ``--update-golden`` recorded checks but the test failed, so nothing was written.
-    ``file_written``: the file on disk was (re)written. ``entries``: one plain dict per
-    checked key (``key``, ``outcome``, ``dtype``, ``shape``, ``tolerance``,
-    ``mismatched``, ``total``, ``max_abs_diff``, ``max_rel_diff``).
-    """
-
-    path: Path
-    passed: int = 0
-    failed: int = 0
-    written: int = 0
-    updated: int = 0
-    used: bool = False
-    not_written: bool = False
-    file_written: bool = False
-    entries: tuple[dict[str, Any], ...] = field(default_factory=tuple)
-
-
-def _entry(key: str, outcome: str, leaf: Leaf, comparison: Comparison | None) -> dict[str, Any]:
-    entry: dict[str, Any] = {
-        "key": key,
-        "outcome": outcome,
-        "dtype": leaf.dtype,
-        "shape": list(leaf.shape),
-        "tolerance": None,
-        "mismatched": 0,
-        "total": leaf.size,
-        "max_abs_diff": None,
-        "max_rel_diff": None,
-    }
-    if comparison is not None:
-        entry["tolerance"] = comparison.tolerance.describe()
-        entry["mismatched"] = comparison.mismatched
-        entry["max_abs_diff"] = comparison.max_abs_diff
-        entry["max_rel_diff"] = comparison.max_rel_diff
-        if comparison.outcome in ("dtype", "shape"):
-            entry["golden_dtype"] = comparison.golden_dtype
-            entry["golden_shape"] = list(comparison.golden_shape)
-    return entry
+__all__ = ["GoldenTensor"]
 
 
 class GoldenTensor:
@@ -329,10 +282,10 @@ class GoldenTensor:
         for key, leaf in leaves.items():
             comparison = result.comparisons.get(key)
             if comparison is None:
-                self._entries.append(_entry(key, "extra", leaf, None))
+                self._entries.append(key_entry(key, "extra", leaf, None))
             else:
                 outcome = "passed" if comparison.passed else "failed"
-                self._entries.append(_entry(key, outcome, leaf, comparison))
+                self._entries.append(key_entry(key, outcome, leaf, comparison))
         if result.passed:
             return None
         devices = sorted({leaf.device for leaf in leaves.values()})
@@ -416,7 +369,7 @@ class GoldenTensor:
             else:
                 recording.updated += 1
                 outcome = "updated"
-            entries.extend(_entry(key, outcome, leaf, None) for key, leaf in checked.items())
+            entries.extend(key_entry(key, outcome, leaf, None) for key, leaf in checked.items())
         recording.entries = tuple(entries)
         recording.unchanged = (
             old is not None
