@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from pytest_determinism.golden.drift import ROUNDING_ULPS, DriftTally, ulp
+from pytest_determinism.golden.drift import DriftTally, rounding_ulps, ulp
 
 # Values of a real computation: signed, of mixed magnitudes, using every mantissa bit.
 VALUES = hnp.arrays(
@@ -93,7 +93,7 @@ def test_a_float16_cast_back_is_float16_or_bfloat16_precision(golden: np.ndarray
 @given(VALUES, st.data())
 def test_a_few_ulps_at_the_magnitude_is_rounding(golden: np.ndarray, data: st.DataObject) -> None:
     magnitude = float(np.abs(golden).max())
-    steps = data.draw(st.integers(1, int(ROUNDING_ULPS)))
+    steps = data.draw(st.integers(1, int(rounding_ulps("float32"))))
     index = data.draw(st.integers(0, golden.size - 1))
     actual = golden.copy()
     actual[index] = np.float32(float(golden[index]) + steps * ulp("float32", magnitude) * 0.999)
@@ -103,13 +103,13 @@ def test_a_few_ulps_at_the_magnitude_is_rounding(golden: np.ndarray, data: st.Da
 
 
 @settings(max_examples=60, deadline=None)
-@given(VALUES, st.floats(1e-3, 1.0))
+@given(VALUES, st.floats(1e-2, 1.0))
 def test_a_changed_bias_is_computation_never_rounding(golden: np.ndarray, bias: float) -> None:
-    # A shift of at least 0.1% of the magnitude is thousands of float32 ulps.
+    # A shift of at least 1% of the magnitude is some 80,000 float32 ulps.
     shift = bias * float(np.abs(golden).max())
     drift = _classify((golden + np.float32(shift)).astype(np.float32), golden)
     assert drift.kind == "computation"
-    assert drift.ulps is not None and drift.ulps > ROUNDING_ULPS
+    assert drift.ulps is not None and drift.ulps > rounding_ulps("float32")
 
 
 def test_round_numbers_claim_no_precision() -> None:
@@ -164,10 +164,10 @@ def test_complex_values_are_classified_on_their_parts() -> None:
 def test_the_words_name_the_kind_the_type_and_the_ulps() -> None:
     golden = np.random.default_rng(2).standard_normal(256).astype(np.float32)
     text = _classify(_bf16(golden), golden).describe("float32")
-    assert text.startswith("precision: the values carry only bfloat16 precision")
+    assert text.startswith("precision (the values carry only bfloat16 precision")
     assert "model.to(torch.bfloat16)" in text
     actual = golden.copy()
     actual[0] = np.nextafter(actual[0], np.float32(10))
     text = _classify(actual, golden).describe("float32")
-    assert text.startswith("rounding: the largest difference is ")
+    assert text.startswith("rounding (0.0625 ulps of float32 at magnitude 2.8")
     assert "ulp" in text and "thread count" in text

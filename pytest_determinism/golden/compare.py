@@ -24,6 +24,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from pytest_determinism.golden.drift import Drift, DriftTally
 from pytest_determinism.golden.dtypes import (
     DTYPES,
     EXACT_KINDS,
@@ -63,7 +64,8 @@ class Comparison:
     mismatch only; ``max_abs`` / ``max_rel`` are over elements finite on both sides.
     ``max_abs_diff`` / ``max_rel_diff`` are the largest differences as numbers, known for
     every compared outcome except ``max_rel_diff`` of ``"close"`` (``None``: a passing
-    check does not pay for it).
+    check does not pay for it). ``drift`` says what kind of difference a mismatch of
+    floating values is (:mod:`~pytest_determinism.golden.drift`); ``None`` otherwise.
     """
 
     outcome: str
@@ -84,6 +86,7 @@ class Comparison:
     first_inf_mismatch: Spot | None = None
     max_abs_diff: float | None = None
     max_rel_diff: float | None = None
+    drift: Drift | None = None
 
     @property
     def passed(self) -> bool:
@@ -318,6 +321,7 @@ def _locate_differences(
     a_flat = actual.data.reshape(-1)
     g_flat = golden.data.reshape(-1)
     counts = _DifferenceCounts(actual.shape)
+    drift = DriftTally(dtype) if kind in ("float", "complex") else None
     release = page_releaser(g_flat)
     for start, stop in chunks(a_flat.size, chunk):
         a_bits, g_bits = a_flat[start:stop], g_flat[start:stop]
@@ -333,6 +337,8 @@ def _locate_differences(
         else:
             a = decode(dtype, a_bits)
             g = decode(dtype, g_bits)
+            if drift is not None:
+                drift.add(a, g)
             mismatch = differs if exact else ~_close_mask(a, g, tol, base.equal_nan)
             counts.count(mismatch, start, "mismatched", "first")
             nan = np.isnan(a) | np.isnan(g)
@@ -363,6 +369,11 @@ def _locate_differences(
         first_inf_mismatch=_spot_at(actual, golden, counts.first_inf),
         max_abs_diff=max_abs.diff if max_abs is not None else None,
         max_rel_diff=counts.rel_value if counts.rel_at is not None else None,
+        drift=(
+            drift.result(max_abs.diff if max_abs is not None else None, counts.nan + counts.inf)
+            if drift is not None
+            else None
+        ),
     )
 
 

@@ -8,9 +8,10 @@ where to look before reading a number:
   the other does not, and the difference is within a few units in the last place (ulps)
   of that narrower type: the computation now runs in (or was recorded from) that type and
   is cast back, as ``model.to(torch.bfloat16)`` or autocast do.
-- **rounding**: the largest difference is at most :data:`ROUNDING_ULPS` ulps of the
-  dtype at the key's magnitude: the same computation in another order (thread count,
-  batch size or padding, a kernel or library version, TF32).
+- **rounding**: the largest difference is at most :func:`rounding_ulps` ulps of the
+  dtype at the key's magnitude (256 for 32- and 64-bit floats, 8 for 16-bit, 2 for
+  8-bit): the same computation in another order (thread count, batch size or padding, a
+  kernel or library version, TF32).
 - **computation**: anything larger, or a NaN / infinity that appeared or went away: what
   is computed changed.
 
@@ -41,16 +42,20 @@ __all__ = [
     "Drift",
     "DriftKind",
     "DriftTally",
+    "format_ulps",
+    "rounding_ulps",
     "ulp",
 ]
 
 DriftKind = Literal["precision", "rounding", "computation"]
 
 #: The largest difference, in ulps of the dtype at the key's magnitude, still called
-#: rounding. Reordered float32 sums differ by a few to a few tens of ulps (torchvision
-#: RetinaNet boxes at 1 vs 2 threads: 26); a real change of a model's weights or code is
-#: hundreds to millions.
-ROUNDING_ULPS = 64.0
+#: rounding, per width of the dtype. Reordering a float32 sum moves it by a few ulps, and by
+#: a hundred or more where its terms cancel (an 8-million-element sum here: 108 ulps
+#: between 1 and 2 threads; torchvision RetinaNet boxes: 26); a real change of weights or
+#: code is thousands to millions. 16- and 8-bit results are rounded from wider
+#: accumulators, so a reordering moves them by a few of their own, much coarser, ulps.
+ROUNDING_ULPS: dict[int, float] = {64: 256.0, 32: 256.0, 16: 8.0, 8: 2.0}
 
 #: The largest difference, in ulps of the narrower type at the key's magnitude, for which
 #: a precision change explains the whole difference. A network run in bfloat16 differs from
@@ -73,6 +78,22 @@ _FORMATS: dict[str, tuple[int, int]] = {
     "complex128": (52, -1022),
 }
 
+# Bits per real number, for the rounding limit (a complex number's parts count alone).
+_WIDTHS = {
+    "float64": 64,
+    "complex128": 64,
+    "float32": 32,
+    "complex64": 32,
+    "float16": 16,
+    "bfloat16": 16,
+    "complex32": 16,
+    "float8_e4m3fn": 8,
+    "float8_e4m3fnuz": 8,
+    "float8_e5m2": 8,
+    "float8_e5m2fnuz": 8,
+    "float8_e8m0fnu": 8,
+}
+
 # The narrower types a dtype's values may have been computed in, fewest mantissa bits
 # first: bfloat16 values in float16's range are float16 values too, and the narrower
 # claim is the more specific one.
@@ -84,6 +105,11 @@ _NARROWER: dict[str, tuple[str, ...]] = {
 }
 
 Array = np.ndarray[Any, Any]
+
+
+def rounding_ulps(dtype: str) -> float:
+    """The most ulps of ``dtype`` a difference may span and still be called rounding."""
+    return ROUNDING_ULPS[_WIDTHS[dtype]]
 
 
 def ulp(dtype: str, magnitude: float) -> float:
@@ -144,32 +170,44 @@ class Drift:
     narrower_side: Literal["actual", "golden"] | None = None
 
     def describe(self, dtype: str) -> str:
-        """One line: the kind, and what it means for this key."""
+        """The kind, the figures behind it in parentheses, and what it means."""
         if self.kind == "precision":
             if self.narrower_side == "actual":
                 return (
-                    f"precision: the values carry only {self.narrower} precision, the "
-                    f"golden full {dtype}: the computation now runs in {self.narrower} and "
-                    f"is cast back (model.to(torch.{self.narrower}), autocast)"
+                    f"precision (the values carry only {self.narrower} precision, the golden "
+                    f"full {dtype}): the computation now runs in {self.narrower} and is cast "
+                    f"back (model.to(torch.{self.narrower}), autocast)"
                 )
             return (
-                f"precision: the golden carries only {self.narrower} precision, the values "
-                f"full {dtype}: it was recorded from a {self.narrower} computation cast back "
-                f"(model.to(torch.{self.narrower}), autocast), which now runs in {dtype}"
-            )
-        scale = f"{_ulps(self.ulps)} of {dtype} at magnitude {self.magnitude:.4g}"
-        if self.kind == "rounding":
-            return (
-                f"rounding: the largest difference is {scale}: the same computation summed "
-                "in another order (thread count, batch size or padding, a kernel or library "
-                "version, TF32)"
+                f"precision (the golden carries only {self.narrower} precision, the values "
+                f"full {dtype}): it was recorded from a {self.narrower} computation cast back "
+                f"(model.to(torch.{self.narrower}), autocast); now it runs in {dtype}"
             )
         if self.ulps is None:
-            return "computation: NaN or infinity where the golden had none (or the reverse)"
-        return f"computation: the largest difference is {scale}: what is computed changed"
+            return (
+                "computation (NaN or infinity where the golden had a number, or the reverse): "
+                "what is computed changed"
+            )
+        scale = f"{format_ulps(self.ulps)} of {dtype} at magnitude {self.magnitude or 0.0:.4g}"
+        if self.kind == "rounding":
+            return (
+                f"rounding ({scale}): the same computation summed in another order "
+                "(thread count, batch size or padding, a kernel or library version, TF32)"
+            )
+        return f"computation ({scale}): what is computed changed"
+
+    def atol_covering(self, dtype: str) -> float:
+        """An absolute tolerance that covers this difference (its ulps at the magnitude,
+        rounded up to two significant digits)."""
+        needed = (self.ulps or 0.0) * ulp(dtype, self.magnitude or 0.0)
+        if needed <= 0:
+            return 0.0
+        digits = 1 - math.floor(math.log10(needed))
+        return float(math.ceil(needed * 10**digits) / 10**digits)
 
 
-def _ulps(value: float | None) -> str:
+def format_ulps(value: float | None) -> str:
+    """``"26 ulps"``, ``"1 ulp"``, ``"3.4e+05 ulps"``."""
     if value is None or not math.isfinite(value):
         return "inf ulps"
     return f"{value:.3g} ulp" + ("" if value == 1 else "s")
@@ -217,7 +255,7 @@ class DriftTally:
             return Drift(kind="computation", magnitude=self.magnitude)
         diff = max_abs_diff or 0.0
         ulps = diff / ulp(self.dtype, self.magnitude)
-        if ulps <= ROUNDING_ULPS:
+        if ulps <= rounding_ulps(self.dtype):
             return Drift(kind="rounding", ulps=ulps, magnitude=self.magnitude)
         for narrower in self.candidates:
             side = self._narrow_side(narrower)

@@ -3,13 +3,15 @@
 Every differing key gets a line that starts with what kind of difference it is, so a
 reader tells them apart at a glance:
 
-* ``numbers drifted``: same dtype and shape, values beyond the tolerance;
+* ``numbers drifted``: same dtype and shape, values beyond the tolerance, with the kind of
+  drift (:mod:`~pytest_determinism.golden.drift`): precision, rounding or computation;
 * ``dtype changed``: the value's dtype is not the golden's (both named; not compared);
 * ``shape changed``: the value's shape is not the golden's (not compared);
 * ``missing`` / ``extra``: a key only the golden, or only this run, has;
 
 and a ``recorded elsewhere`` line says when the golden was made with another torch, on
-another device, platform, CPU or thread count, which explains rounding-level drift.
+another device, platform, CPU or thread count, which explains rounding but not a
+computation; the fix it suggests follows the kinds found.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from pytest_determinism.golden.compare import Comparison, Spot
+from pytest_determinism.golden.drift import format_ulps
 from pytest_determinism.golden.dtypes import DTYPES
 
 __all__ = [
@@ -166,6 +169,8 @@ def _describe(key: str, comparison: Comparison) -> list[str]:
         f"{'' if rule == 'exactly' else ' ' + rule}"
         + (f" (compared {noun} exactly)" if rule == "exactly" else "")
     ]
+    if c.drift is not None:
+        lines.append(f"    kind: {c.drift.describe(c.actual_dtype)}")
     if c.max_abs is not None and kind != "bool":
         lines.append(_spot_line("largest absolute difference", c.max_abs, c.actual_dtype))
     if c.max_rel is not None and kind != "bool":
@@ -239,12 +244,7 @@ def mismatch_message(
     """
     failing = [(key, c) for key, c in comparisons.items() if not c.passed]
     kinds = sorted(
-        {
-            {"mismatch": "numbers drifted", "dtype": "dtype changed", "shape": "shape changed"}[
-                c.outcome
-            ]
-            for _, c in failing
-        }
+        {_headline(c) for _, c in failing}
         | ({"missing keys"} if missing else set())
         | ({"extra keys"} if extra else set())
     )
@@ -261,17 +261,68 @@ def mismatch_message(
         lines.append(f"  missing: in the golden but not checked: {_keys(missing)}")
     if extra:
         lines.append(f"  extra: checked but not in the golden: {_keys(extra)}")
-    changes = environment_changes(recorded or {}, current or {})
-    if changes:
-        lines.append(
-            "  recorded elsewhere: the golden was made in another environment ("
-            + "; ".join(changes)
-            + "); small float differences are expected there: loosen rtol/atol "
-            "(or golden_tolerances) or re-record for this environment"
-        )
+    lines.extend(_environment_lines(failing, recorded or {}, current or {}))
     if command_id:
         lines.append(f"  to accept the new values: {update_command(command_id)}")
     return "\n".join(lines)
+
+
+def _headline(comparison: Comparison) -> str:
+    return {"mismatch": "numbers drifted", "dtype": "dtype changed", "shape": "shape changed"}[
+        comparison.outcome
+    ]
+
+
+def _environment_lines(
+    failing: Sequence[tuple[str, Comparison]],
+    recorded: Mapping[str, str],
+    current: Mapping[str, str],
+) -> list[str]:
+    """What the environment explains, and the fix that fits the kinds of drift found."""
+    changes = environment_changes(recorded, current)
+    drifts = [(key, c.drift, c.actual_dtype) for key, c in failing if c.drift is not None]
+    rounding = [(key, d, dtype) for key, d, dtype in drifts if d.kind == "rounding"]
+    computed = [key for key, d, _ in drifts if d.kind == "computation"]
+    if not rounding:
+        if not changes:
+            return []
+        where = (
+            "  recorded elsewhere: the golden was made in another environment ("
+            + "; ".join(changes)
+            + ")"
+        )
+        if computed and len(computed) == len(failing):
+            return [
+                where + "; that explains rounding, not differences this large: look for a "
+                "real change (weights, code, or a library version that computes differently)"
+            ]
+        return [
+            where + "; small float differences are expected there: loosen rtol/atol (or "
+            "golden_tolerances) or re-record for this environment"
+        ]
+    key, widest, dtype = max(rounding, key=lambda item: item[1].ulps or 0.0)
+    atol = f"atol={widest.atol_covering(dtype):g}" + (f" for {key!r}" if len(failing) > 1 else "")
+    loosen = f"loosen the tolerance to cover {format_ulps(widest.ulps)} ({atol})"
+    if not changes:
+        return [
+            "  rounding in the environment the golden was recorded in: the order of the "
+            "computation changed (batch size or padding, a kernel, TF32, a library version "
+            f"the metadata does not record); {loosen}, or re-record"
+        ]
+    fixes = []
+    threads = recorded.get("threads")
+    if threads and threads != current.get("threads"):
+        fixes.append(
+            f"pin the thread count the golden was recorded with (ini determinism_threads = "
+            f"{threads}, or the marker's threads={threads})"
+        )
+    fixes.extend(["record goldens per environment", loosen])
+    return [
+        "  recorded elsewhere: the golden was made in another environment ("
+        + "; ".join(changes)
+        + "), which explains rounding: "
+        + "; or ".join(fixes)
+    ]
 
 
 def _keys(keys: Sequence[str]) -> str:

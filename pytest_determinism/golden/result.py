@@ -56,6 +56,13 @@ def key_entry(key: str, outcome: str, leaf: Leaf, comparison: Comparison | None)
         entry["mismatched"] = comparison.mismatched
         entry["max_abs_diff"] = comparison.max_abs_diff
         entry["max_rel_diff"] = comparison.max_rel_diff
+        drift = comparison.drift
+        if drift is not None:
+            entry["kind"] = drift.kind
+            entry["ulps"] = drift.ulps
+            if drift.narrower is not None:
+                entry["narrower"] = drift.narrower
+                entry["narrower_side"] = drift.narrower_side
         if comparison.outcome in ("dtype", "shape"):
             entry["golden_dtype"] = comparison.golden_dtype
             entry["golden_shape"] = list(comparison.golden_shape)
