@@ -53,6 +53,25 @@ def test_bf16_logits(golden_tensor) -> None:
 # --8<-- [end:golden]
 
 
+# --8<-- [start:cast_back]
+# The dtype the model runs in before its logits are cast back to float32. The golden was
+# recorded in float32; run with EXAMPLE_CAST_DTYPE=bfloat16 to see a precision report.
+CAST_DTYPE = getattr(torch, os.environ.get("EXAMPLE_CAST_DTYPE", "float32"))
+
+
+def test_float32_logits(golden_tensor) -> None:
+    model = tiny_llama().to(CAST_DTYPE)
+    input_ids = torch.tensor([[5, 17, 42, 8, 23, 11]])
+
+    with torch.no_grad():
+        logits = model(input_ids=input_ids).logits.float()  # stored as float32 either way
+
+    golden_tensor.check(logits, name="logits")
+
+
+# --8<-- [end:cast_back]
+
+
 # --8<-- [start:drift]
 def test_bf16_against_fp32_reference() -> None:
     model = tiny_llama()

@@ -75,11 +75,11 @@ def test_a_bfloat16_cast_back_is_precision_never_computation(golden: np.ndarray)
     drift = _classify(_bf16(golden), golden)
     assert drift.kind in ("precision", "rounding")
     if drift.kind == "precision":
-        assert (drift.narrower, drift.narrower_side) == ("bfloat16", "actual")
+        assert (drift.actual_precision, drift.golden_precision) == ("bfloat16", None)
     reverse = _classify(golden, _bf16(golden))
     assert reverse.kind in ("precision", "rounding")
     if reverse.kind == "precision":
-        assert (reverse.narrower, reverse.narrower_side) == ("bfloat16", "golden")
+        assert (reverse.actual_precision, reverse.golden_precision) == (None, "bfloat16")
 
 
 @settings(max_examples=60, deadline=None)
@@ -88,7 +88,7 @@ def test_a_float16_cast_back_is_float16_or_bfloat16_precision(golden: np.ndarray
     drift = _classify(golden.astype(np.float16).astype(np.float32), golden)
     assert drift.kind in ("precision", "rounding")
     if drift.kind == "precision":
-        assert drift.narrower == "float16"
+        assert drift.actual_precision == "float16"
 
 
 @settings(max_examples=60, deadline=None)
@@ -151,7 +151,11 @@ def test_bfloat16_values_have_no_narrower_type() -> None:
 def test_float64_values_computed_in_float32_are_float32_precision() -> None:
     golden = np.random.default_rng(0).standard_normal(256)
     drift = _classify(golden.astype(np.float32).astype(np.float64), golden, "float64")
-    assert (drift.kind, drift.narrower, drift.narrower_side) == ("precision", "float32", "actual")
+    assert (drift.kind, drift.actual_precision, drift.golden_precision) == (
+        "precision",
+        "float32",
+        None,
+    )
 
 
 def test_complex_values_are_classified_on_their_parts() -> None:
@@ -159,7 +163,7 @@ def test_complex_values_are_classified_on_their_parts() -> None:
     golden = (rng.standard_normal(128) + 1j * rng.standard_normal(128)).astype(np.complex64)
     actual = _bf16(golden.view(np.float32)).view(np.complex64)
     drift = _classify(actual, golden, "complex64")
-    assert (drift.kind, drift.narrower) == ("precision", "bfloat16")
+    assert (drift.kind, drift.actual_precision) == ("precision", "bfloat16")
     assert math.isfinite(drift.magnitude or math.nan)
 
 
@@ -173,3 +177,19 @@ def test_the_words_name_the_kind_the_type_and_the_ulps() -> None:
     text = _classify(actual, golden).describe("float32")
     assert text.startswith("rounding (0.0625 ulps of float32 at magnitude 2.8")
     assert "ulp" in text and "thread count" in text
+
+
+def test_float16_values_against_a_bfloat16_golden_name_both_types() -> None:
+    # bf16 autocast recorded, fp16 autocast now: both cast back to float32.
+    golden_source = np.random.default_rng(3).standard_normal(512).astype(np.float32)
+    golden = _bf16(golden_source)
+    actual = golden_source.astype(np.float16).astype(np.float32)
+    drift = _classify(actual, golden)
+    assert (drift.kind, drift.actual_precision, drift.golden_precision) == (
+        "precision",
+        "float16",
+        "bfloat16",
+    )
+    assert "the values carry only float16 precision, the golden bfloat16 precision" in (
+        drift.describe("float32")
+    )

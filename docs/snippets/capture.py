@@ -101,11 +101,23 @@ def examples() -> None:
     )
     write("dtype-drift-step", failure(out))
     out = run(
+        [*PYTEST, "examples/test_mixed_precision_step.py", "--determinism"],
+        REPO,
+        {"EXAMPLE_AMP_DTYPE": "float16", "PYTHONHASHSEED": "0"},
+    )
+    write("precision-step", section(out, "golden mismatch in check 'grads'", "\n  to accept"))
+    out = run(
         [*PYTEST, "examples/test_bf16_drift.py", "-k", "logits"],
         REPO,
         {"EXAMPLE_MODEL_DTYPE": "float32"},
     )
     write("dtype-drift", failure(out))
+    out = run(
+        [*PYTEST, "examples/test_bf16_drift.py", "-k", "float32_logits"],
+        REPO,
+        {"EXAMPLE_CAST_DTYPE": "bfloat16"},
+    )
+    write("precision-cast", failure(out))
 
     golden = "examples/__golden__/test_quickstart/test_logits.safetensors"
     write("cli-show", run([*PYTHON, "-m", "pytest_determinism", "show", golden], REPO))
@@ -279,6 +291,28 @@ def demo() -> None:
         write(target, out.split(f"====={name}\n", 1)[1].split("\n=====", 1)[0])
 
 
+THREADS_DEMO = """
+import pytest
+import torch
+
+@pytest.mark.deterministic
+def test_total(golden_tensor):
+    x = torch.randn(8_000_000)
+    golden_tensor.check(x.sum(), name="total")
+"""
+
+
+def threads() -> None:
+    # Recorded on a machine with two threads, checked on one with one: a cancelling sum.
+    shutil.rmtree(DEMO, ignore_errors=True)
+    demo_file("pytest.ini", "[pytest]\n")
+    demo_file("tests/test_sum.py", THREADS_DEMO)
+    run([*PYTEST, "tests", "--update-golden", "--determinism-threads", "2"], DEMO)
+    out = run([*PYTEST, "tests", "--determinism-threads", "1"], DEMO)
+    write("threads-rounding", e_lines(out))
+
+
 if __name__ == "__main__":
     examples()
     demo()
+    threads()

@@ -3,11 +3,12 @@
 A failing comparison of floating values is classified, per key, so a model engineer knows
 where to look before reading a number:
 
-- **precision**: one side carries only the precision of a narrower type (every finite
-  element exactly representable in bfloat16, float16, or float32 for float64 values) and
-  the other does not, and the difference is within a few units in the last place (ulps)
-  of that narrower type: the computation now runs in (or was recorded from) that type and
-  is cast back, as ``model.to(torch.bfloat16)`` or autocast do.
+- **precision**: the two sides carry the precision of different types (every finite
+  element of a side exactly representable in bfloat16, float16, or float32 for float64
+  values, or none of these: the dtype's full precision), and the difference is within a
+  few units in the last place (ulps) of the coarser one: the computation now runs in (or
+  was recorded from) a narrower type and is cast back, as ``model.to(torch.bfloat16)`` or
+  autocast do.
 - **rounding**: the largest difference is at most :func:`rounding_ulps` ulps of the
   dtype at the key's magnitude (256 for 32- and 64-bit floats, 8 for 16-bit, 2 for
   8-bit): the same computation in another order (thread count, batch size or padding, a
@@ -158,30 +159,38 @@ class Drift:
     """The kind of one key's difference.
 
     ``ulps``: the largest difference in ulps of the key's dtype at ``magnitude`` (the
-    largest absolute finite golden value). ``narrower``: for a precision difference, the
-    type whose precision one side carries, and ``narrower_side`` which side
-    (``"actual"``: the values now; ``"golden"``: the recording).
+    largest absolute finite golden value). ``actual_precision`` and ``golden_precision``
+    name the narrower type whose precision each side carries (``None``: the dtype's full
+    precision); they differ for a precision difference, and may for a computation that
+    also changed precision.
     """
 
     kind: DriftKind
     ulps: float | None = None
     magnitude: float | None = None
-    narrower: str | None = None
-    narrower_side: Literal["actual", "golden"] | None = None
+    actual_precision: str | None = None
+    golden_precision: str | None = None
 
     def describe(self, dtype: str) -> str:
         """The kind, the figures behind it in parentheses, and what it means."""
         if self.kind == "precision":
-            if self.narrower_side == "actual":
+            now, then = self.actual_precision, self.golden_precision
+            if then is None:
                 return (
-                    f"precision (the values carry only {self.narrower} precision, the golden "
-                    f"full {dtype}): the computation now runs in {self.narrower} and is cast "
-                    f"back (model.to(torch.{self.narrower}), autocast)"
+                    f"precision (the values carry only {now} precision, the golden full "
+                    f"{dtype}): the computation now runs in {now} and is cast back "
+                    f"(model.to(torch.{now}), autocast)"
+                )
+            if now is None:
+                return (
+                    f"precision (the golden carries only {then} precision, the values full "
+                    f"{dtype}): it was recorded from a {then} computation cast back "
+                    f"(model.to(torch.{then}), autocast); now it runs in {dtype}"
                 )
             return (
-                f"precision (the golden carries only {self.narrower} precision, the values "
-                f"full {dtype}): it was recorded from a {self.narrower} computation cast back "
-                f"(model.to(torch.{self.narrower}), autocast); now it runs in {dtype}"
+                f"precision (the values carry only {now} precision, the golden {then} "
+                f"precision): the computation now runs in {now} where it ran in {then} "
+                "(a model.to() or autocast dtype changed)"
             )
         if self.ulps is None:
             return (
@@ -194,7 +203,15 @@ class Drift:
                 f"rounding ({scale}): the same computation summed in another order "
                 "(thread count, batch size or padding, a kernel or library version, TF32)"
             )
-        return f"computation ({scale}): what is computed changed"
+        text = f"computation ({scale}): what is computed changed"
+        if self.actual_precision != self.golden_precision:
+            now = self.actual_precision or f"full {dtype}"
+            then = self.golden_precision or f"full {dtype}"
+            text += (
+                f", beyond a precision change alone (the values carry {now} precision, the "
+                f"golden {then})"
+            )
+        return text
 
     def atol_covering(self, dtype: str) -> float:
         """An absolute tolerance that covers this difference (its ulps at the magnitude,
@@ -261,28 +278,26 @@ class DriftTally:
         ulps = diff / ulp(self.dtype, self.magnitude)
         if ulps <= rounding_ulps(self.dtype):
             return Drift(kind="rounding", ulps=ulps, magnitude=self.magnitude)
-        for narrower in self.candidates:
-            side = self._narrow_side(narrower)
-            if side is not None and diff / ulp(narrower, self.magnitude) <= PRECISION_ULPS:
-                return Drift(
-                    kind="precision",
-                    ulps=ulps,
-                    magnitude=self.magnitude,
-                    narrower=narrower,
-                    narrower_side=side,
-                )
-        return Drift(kind="computation", ulps=ulps, magnitude=self.magnitude)
-
-    def _narrow_side(self, narrower: str) -> Literal["actual", "golden"] | None:
-        """The side that carries only ``narrower`` precision while the other does not."""
-        pairs: tuple[tuple[Literal["actual", "golden"], str], ...] = (
-            ("actual", "golden"),
-            ("golden", "actual"),
+        actual, golden = self._precision("actual"), self._precision("golden")
+        coarser = max(
+            (self.dtype if kind is None else kind for kind in (actual, golden)),
+            key=lambda kind: ulp(kind, 1.0),
         )
-        for side, other in pairs:
-            fits, uses = self.fits[(narrower, side)], self.uses[(narrower, side)]
-            if fits and uses and not self.fits[(narrower, other)]:
-                return side
+        within = diff / ulp(coarser, self.magnitude) <= PRECISION_ULPS
+        return Drift(
+            kind="precision" if actual != golden and within else "computation",
+            ulps=ulps,
+            magnitude=self.magnitude,
+            actual_precision=actual,
+            golden_precision=golden,
+        )
+
+    def _precision(self, side: str) -> str | None:
+        """The narrowest type every finite value of ``side`` fits while using its last bits;
+        ``None``: the dtype's full precision."""
+        for narrower in self.candidates:
+            if self.fits[(narrower, side)] and self.uses[(narrower, side)]:
+                return narrower
         return None
 
 

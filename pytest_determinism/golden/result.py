@@ -60,9 +60,11 @@ def key_entry(key: str, outcome: str, leaf: Leaf, comparison: Comparison | None)
         if drift is not None:
             entry["kind"] = drift.kind
             entry["ulps"] = drift.ulps
-            if drift.narrower is not None:
-                entry["narrower"] = drift.narrower
-                entry["narrower_side"] = drift.narrower_side
+            if drift.actual_precision != drift.golden_precision:
+                entry["precision"] = {
+                    "actual": drift.actual_precision,
+                    "golden": drift.golden_precision,
+                }
         if comparison.outcome in ("dtype", "shape"):
             entry["golden_dtype"] = comparison.golden_dtype
             entry["golden_shape"] = list(comparison.golden_shape)
