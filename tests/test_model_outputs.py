@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pytest_determinism import NondeterminismError, assert_deterministic
+from pytest_determinism import NondeterminismError, assert_batch_invariant, assert_deterministic
 from pytest_determinism.cli import main
 from pytest_determinism.golden.storage import read_golden
 
@@ -264,3 +264,27 @@ def test_an_encoder_decoder_model_runs_deterministically_with_its_cache() -> Non
     with torch.no_grad():
         out = assert_deterministic(model, input_ids=ids, decoder_input_ids=ids[:, :1])
     assert type(out[CACHE]).__name__ == "EncoderDecoderCache"
+
+
+def test_assert_batch_invariant_drops_the_padding_of_a_cache_too() -> None:
+    model = _llama()
+    ids = torch.tensor([[0, 0, 5, 6, 7], [1, 2, 3, 4, 9]])
+    mask = torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1]])
+    batch = {"input_ids": ids, "attention_mask": mask}
+    batch["position_ids"] = (mask.cumsum(-1) - 1).clamp(min=0)
+
+    @torch.no_grad()
+    def whole(**inputs: torch.Tensor) -> object:
+        return model(**inputs)
+
+    assert_batch_invariant(whole, batch, exact=False)
+
+    @torch.no_grad()
+    def without_mask(input_ids, attention_mask, position_ids) -> object:
+        return model(input_ids=input_ids)
+
+    with pytest.raises(AssertionError) as info:
+        assert_batch_invariant(without_mask, batch, exact=False)
+    # The cache's positions are its third dimension: sample 0's first real token is at 2.
+    assert f"{CACHE}.1.key:" in str(info.value)
+    assert "alone / (0, 0, 2, 0) in the batch" in str(info.value)
