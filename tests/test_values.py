@@ -434,7 +434,9 @@ class MambaCache:
 
 
 def test_cache_layers_of_every_kind_and_clear_errors_for_unknown_ones() -> None:
-    cache = HybridCache(_Layer(None, None), _LinearAttentionLayer(), _Layer(*_kv(0)))
+    allocated = _Layer(*_kv(1))
+    allocated.is_initialized = False  # type: ignore[attr-defined]
+    cache = HybridCache(_Layer(None, None), _LinearAttentionLayer(), _Layer(*_kv(0)), allocated)
     assert list(flatten(cache, prefix="c")) == [
         "c.1.conv_states.0",
         "c.1.recurrent_states.0",

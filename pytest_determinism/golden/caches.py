@@ -83,14 +83,19 @@ def layer_parts(layer: object) -> list[tuple[str, object]]:
             "a quantized cache layer keeps most of its keys and values in its backend's own "
             "format; check a model run with a DynamicCache instead"
         )
+    attention = hasattr(layer, "keys") and hasattr(layer, "values")
+    keys, values = getattr(layer, "keys", None), getattr(layer, "values", None)
+    states = {
+        name: getattr(layer, name)
+        for name in ("conv_states", "recurrent_states")
+        if isinstance(getattr(layer, name, None), Mapping)
+    }
     parts: list[tuple[str, object]] = []
-    if hasattr(layer, "keys") and hasattr(layer, "values"):
-        parts += [("key", layer.keys), ("value", layer.values)]
-    for name in ("conv_states", "recurrent_states"):
-        states = getattr(layer, name, None)
-        if isinstance(states, Mapping):
-            parts.append((name, states))
-    if not parts:
+    # A layer not initialised yet holds nothing the model computed, whatever it allocated.
+    if attention and getattr(layer, "is_initialized", True) is not False:
+        parts += [("key", keys), ("value", values)]
+    parts += states.items()
+    if not attention and not states:
         raise UnknownLayout(
             "a cache layer with neither keys / values nor conv_states / recurrent_states; "
             "check its tensors yourself"
