@@ -2,7 +2,7 @@
 
 Neither imports torch at import time; both work on whatever ``fn`` returns, through
 :func:`pytest_determinism.golden.values.flatten` (tensors on any device, NumPy arrays, numbers,
-nested dicts / lists / tuples, Hugging Face ``ModelOutput``).
+nested dicts / lists / tuples / dataclasses, Hugging Face ``ModelOutput`` and caches).
 """
 
 from __future__ import annotations
@@ -200,34 +200,51 @@ def _flatten_output(output: Any, what: str) -> dict[str, Leaf]:
     return _comparable(
         output,
         f"assert_batch_invariant: {what}",
-        "return tensors or dicts / lists / tuples of them; drop caches, e.g. use_cache=False",
+        "return tensors or dicts / lists / tuples / dataclasses of them",
     )
 
 
 def _row_of(
     leaf: Leaf, alone: Leaf, index: int, batch_dim: int, padded: int | None, real: Any | None
-) -> tuple[Leaf, Any | None]:
-    """The sample's part of a batched output, and the padded positions it kept (or None).
+) -> tuple[Leaf, tuple[int, Any] | None]:
+    """The sample's part of a batched output, and the dimension and padded positions it
+    kept (or None).
 
-    Positions are dropped along the dimension after the batch dimension when it has the
-    padded length in the batch and the sample's real length alone: a feature dimension
-    that happens to have the padded length keeps its size alone too.
+    Positions are dropped along the dimension right after the batch dimension when it has
+    the padded length in the batch and the sample's real length alone (logits, hidden
+    states), else along a later one with those lengths where every other dimension agrees
+    (a cache's ``[batch, heads, positions, head_dim]``): a feature dimension that happens
+    to have the padded length keeps its size alone too.
     """
-    seq_dim = batch_dim + 1
     data = np.take(leaf.data, [index], axis=batch_dim)
     kept = None
-    if (
-        real is not None
-        and len(real) != padded
-        and data.ndim > seq_dim
-        and data.shape[seq_dim] == padded
-        and len(alone.shape) > seq_dim
-        and alone.shape[seq_dim] == len(real)
-    ):
-        kept = real.cpu().numpy()
-        data = np.take(data, kept, axis=seq_dim)
+    if real is not None and len(real) != padded:
+        seq_dim = _padded_dim(data.shape, alone.shape, batch_dim, padded, len(real))
+        if seq_dim is not None:
+            positions = real.cpu().numpy()
+            data = np.take(data, positions, axis=seq_dim)
+            kept = (seq_dim, positions)
     data = np.ascontiguousarray(data)
     return Leaf(dtype=leaf.dtype, shape=tuple(data.shape), data=data, device=leaf.device), kept
+
+
+def _padded_dim(
+    batched: tuple[int, ...], alone: tuple[int, ...], batch_dim: int, padded: int | None, real: int
+) -> int | None:
+    """The dimension of a sample's batched output that holds its padded positions."""
+
+    def holds_positions(dim: int) -> bool:
+        return len(alone) > dim and batched[dim] == padded and alone[dim] == real
+
+    if len(batched) > batch_dim + 1 and holds_positions(batch_dim + 1):
+        return batch_dim + 1
+    if len(alone) != len(batched):
+        return None
+    for dim in range(batch_dim + 2, len(batched)):
+        others = [d for d in range(len(batched)) if d != dim]
+        if holds_positions(dim) and all(batched[d] == alone[d] for d in others):
+            return dim
+    return None
 
 
 @dataclass
@@ -237,13 +254,16 @@ class _SampleResult:
     comparisons: dict[str, Comparison]
 
 
-def _spot_text(spot: Spot, dtype: str, sample: int, kept: Any | None, batch_dim: int) -> str:
+def _spot_text(
+    spot: Spot, dtype: str, sample: int, kept: tuple[int, Any] | None, batch_dim: int
+) -> str:
     """Where a difference is, in the sample's own output and in the batched output."""
     in_batch = list(spot.index)
     if len(in_batch) > batch_dim:
         in_batch[batch_dim] = sample
-    if kept is not None and len(in_batch) > batch_dim + 1:
-        in_batch[batch_dim + 1] = int(kept[spot.index[batch_dim + 1]])
+    if kept is not None and len(in_batch) > kept[0]:
+        seq_dim, positions = kept
+        in_batch[seq_dim] = int(positions[spot.index[seq_dim]])
     where = f"{format_index(spot.index)} alone / {format_index(tuple(in_batch))} in the batch"
     return format_spot(
         spot, dtype, actual="in the batch", golden="alone", golden_first=True, where=where
@@ -251,7 +271,7 @@ def _spot_text(spot: Spot, dtype: str, sample: int, kept: Any | None, batch_dim:
 
 
 def _describe_sample(
-    result: _SampleResult, kept: dict[str, Any | None], batch_dim: int
+    result: _SampleResult, kept: dict[str, tuple[int, Any] | None], batch_dim: int
 ) -> list[str]:
     failing = {key: c for key, c in result.comparisons.items() if not c.passed}
     if not failing and not result.problems:
@@ -304,8 +324,8 @@ def assert_batch_invariant(
     ``inputs`` is a tensor, a dict of tensors (``fn(**inputs)``) or a tuple of tensors
     (``fn(*inputs)``) sharing the batch dimension ``batch_dim``; other values in a dict or
     tuple are passed to every call unchanged. ``fn`` returns a tensor or a nested output
-    (dicts, lists, tuples, ``ModelOutput``); outputs without the batch dimension are not
-    compared.
+    (dicts, lists, tuples, ``ModelOutput`` with its cache); outputs without the batch
+    dimension are not compared.
 
     When a dict holds ``mask_key``, each sample runs alone *without its padding*: the
     positions where its mask is 0 are dropped from every input whose shape starts with the
@@ -349,7 +369,7 @@ def assert_batch_invariant(
         sample_inputs, real = _sample(batch, index, batch_dim)
         alone = _flatten_output(_call(fn, batch, sample_inputs), f"the output of sample {index}")
         result = _SampleResult(index, [], {})
-        kept: dict[str, Any | None] = {}
+        kept: dict[str, tuple[int, Any] | None] = {}
         for key, leaf in splittable.items():
             if key not in alone:
                 result.problems.append(f"{key or '(output)'}: missing from the output alone")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import collections
+import dataclasses
+import fnmatch
 import subprocess
 import sys
 import warnings
@@ -10,6 +12,8 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 
 from pytest_determinism.golden.dtypes import DTYPES, bytes_equal
 from pytest_determinism.golden.values import Leaf, bits_equal, flatten
@@ -189,7 +193,8 @@ def test_mapping_like_objects_with_keys_are_flattened() -> None:
 @pytest.mark.parametrize(
     ("value", "pattern"),
     [
-        ({"a": [None]}, r"'a\.0' has type NoneType: expected a torch tensor"),
+        ({"a": [None]}, r"'a\.0' has type NoneType: None is left out only as a field.*list"),
+        (None, r"the value has type NoneType"),
         ({"text": "hi"}, r"'text' has type str"),
         (object(), r"the value has type object"),
         (torch.randn(3).to_sparse(), r"sparse_coo tensor cannot be stored.*to_dense"),
@@ -282,3 +287,270 @@ def test_importing_the_engine_imports_neither_torch_nor_hypothesis() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     ).stdout
     assert out.strip() == "[]"
+
+
+# -- dataclasses, named tuples, None fields -----------------------------------------------
+
+
+@dataclasses.dataclass
+class _Inner:
+    scores: torch.Tensor
+    mask: torch.Tensor | None = None
+
+
+@dataclasses.dataclass
+class _Output:
+    logits: torch.Tensor
+    inner: _Inner
+    attentions: tuple[torch.Tensor, ...] | None = None
+    labels: list[str] | None = None
+
+
+def test_dataclasses_and_named_tuples_flatten_by_field_name_leaving_none_out() -> None:
+    out = _Output(torch.zeros(2), _Inner(torch.ones(1)))
+    assert list(flatten(out)) == ["logits", "inner.scores"]
+    pair = collections.namedtuple("pair", "values indices")
+    assert list(flatten(pair(torch.ones(1), None), prefix="top")) == ["top.values"]
+    assert list(flatten({"a": None, "b": 1, "c": {"d": None}})) == ["b"]
+    # The class itself is not an output.
+    with pytest.raises(TypeError, match=r"'kind' has type type"):
+        flatten({"kind": _Output})
+
+
+# -- Hugging Face caches ------------------------------------------------------------------
+
+
+def _kv(seed: int, length: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    return (
+        torch.randn(1, 2, length, 4, generator=generator),
+        torch.randn(1, 2, length, 4, generator=generator),
+    )
+
+
+def test_a_transformers_dynamic_cache_flattens_to_key_and_value_per_layer() -> None:
+    cache_utils = pytest.importorskip("transformers.cache_utils")
+    cache = cache_utils.DynamicCache()
+    for layer in range(2):
+        cache.update(*_kv(layer), layer_idx=layer)
+    leaves = flatten({"logits": torch.zeros(1), "past_key_values": cache})
+    assert list(leaves) == [
+        "logits",
+        "past_key_values.0.key",
+        "past_key_values.0.value",
+        "past_key_values.1.key",
+        "past_key_values.1.value",
+    ]
+    assert leaves["past_key_values.1.value"].data.tobytes() == _kv(1)[1].numpy().tobytes()
+
+
+def test_a_static_cache_gives_only_its_initialised_layers_whole() -> None:
+    transformers = pytest.importorskip("transformers")
+    config = transformers.LlamaConfig(
+        vocab_size=8, hidden_size=8, num_hidden_layers=2, num_attention_heads=2,
+        num_key_value_heads=2, intermediate_size=8,
+    )  # fmt: skip
+    cache = transformers.StaticCache(config=config, max_cache_len=5)
+    assert flatten(cache) == {}
+    cache.update(*_kv(0), layer_idx=0, cache_kwargs={"cache_position": torch.arange(3)})
+    leaves = flatten(cache)
+    assert list(leaves) == ["0.key", "0.value"]
+    # Preallocated: the positions not written yet are zeros, and checked as they are.
+    assert leaves["0.key"].shape == (1, 2, 5, 4)
+
+
+def test_an_encoder_decoder_cache_names_self_and_cross_attention() -> None:
+    cache_utils = pytest.importorskip("transformers.cache_utils")
+    own, cross = cache_utils.DynamicCache(), cache_utils.DynamicCache()
+    own.update(*_kv(0), layer_idx=0)
+    cross.update(*_kv(1, length=7), layer_idx=0)
+    leaves = flatten(cache_utils.EncoderDecoderCache(own, cross))
+    assert list(leaves) == [
+        "self_attention.0.key",
+        "self_attention.0.value",
+        "cross_attention.0.key",
+        "cross_attention.0.value",
+    ]
+    assert leaves["cross_attention.0.key"].shape == (1, 2, 7, 4)
+
+
+class DynamicCache:
+    """A stand-in for transformers 4.x's DynamicCache (lists of tensors per layer): 4.x
+    cannot be installed beside the 5.x this project tests with, so the layout is mirrored."""
+
+    def __init__(self, layers: int) -> None:
+        self.key_cache = [_kv(layer)[0] for layer in range(layers)]
+        self.value_cache = [_kv(layer)[1] for layer in range(layers)]
+
+
+def test_the_transformers_4_layout_of_key_cache_and_value_cache_lists() -> None:
+    leaves = flatten({"past_key_values": DynamicCache(2)})
+    assert list(leaves) == [
+        "past_key_values.0.key",
+        "past_key_values.0.value",
+        "past_key_values.1.key",
+        "past_key_values.1.value",
+    ]
+    assert leaves["past_key_values.0.value"].data.tobytes() == _kv(0)[1].numpy().tobytes()
+    broken = DynamicCache(2)
+    broken.value_cache.pop()
+    with pytest.raises(TypeError, match=r"'past_key_values'.*2 layers and its value_cache 1"):
+        flatten({"past_key_values": broken})
+
+
+def test_the_legacy_tuple_of_tuples_is_a_nested_tuple() -> None:
+    legacy = tuple(_kv(layer) for layer in range(2))
+    assert list(flatten({"past_key_values": legacy})) == [
+        "past_key_values.0.0",
+        "past_key_values.0.1",
+        "past_key_values.1.0",
+        "past_key_values.1.1",
+    ]
+
+
+class _Layer:
+    def __init__(self, keys: object, values: object) -> None:
+        self.keys, self.values = keys, values
+
+
+class _LinearAttentionLayer:
+    def __init__(self) -> None:
+        self.conv_states = {0: torch.ones(2), 1: None}
+        self.recurrent_states = {0: torch.zeros(3)}
+
+
+class HybridCache:
+    def __init__(self, *layers: object) -> None:
+        self.layers = list(layers)
+
+
+class QuantizedLayer(_Layer):
+    pass
+
+
+class MambaCache:
+    def __init__(self) -> None:
+        self.conv_states = torch.zeros(1)
+
+
+def test_cache_layers_of_every_kind_and_clear_errors_for_unknown_ones() -> None:
+    allocated = _Layer(*_kv(1))
+    allocated.is_initialized = False  # type: ignore[attr-defined]
+    cache = HybridCache(_Layer(None, None), _LinearAttentionLayer(), _Layer(*_kv(0)), allocated)
+    assert list(flatten(cache, prefix="c")) == [
+        "c.1.conv_states.0",
+        "c.1.recurrent_states.0",
+        "c.2.key",
+        "c.2.value",
+    ]
+    with pytest.raises(TypeError, match=r"'c\.0' has type .*QuantizedLayer: a quantized cache"):
+        flatten(HybridCache(QuantizedLayer(*_kv(0))), prefix="c")
+    with pytest.raises(TypeError, match=r"'c\.0' has type object: a cache layer with neither"):
+        flatten(HybridCache(object()), prefix="c")
+    with pytest.raises(TypeError, match=r"'c' has type .*MambaCache: a cache of a layout"):
+        flatten(MambaCache(), prefix="c")
+    # The layout alone does not make a cache: the class name must say so.
+    with pytest.raises(TypeError, match=r"'c' has type .*Layers: expected a torch tensor"):
+        flatten(type("Layers", (), {"layers": [_Layer(*_kv(0))]})(), prefix="c")
+
+
+# -- exclude ------------------------------------------------------------------------------
+
+
+def test_exclude_takes_whole_components_patterns_and_unflattenable_parts() -> None:
+    value = {
+        "logits": torch.zeros(1),
+        "past_key_values": DynamicCache(2),
+        "past_key_values_extra": torch.ones(1),
+        "decoder": {"attentions": (torch.ones(1),), "hidden": torch.ones(1)},
+        "attentions": [torch.ones(1)],
+        "labels": ["cat", "dog"],
+    }
+    keys = list(flatten(value, exclude=["past_key_values", "*.attentions", "labels"]))
+    assert keys == ["logits", "past_key_values_extra", "decoder.hidden"]
+    keys = list(flatten(value, exclude=("*.value", "labels", "decoder", "attentions")))
+    assert keys == [
+        "logits",
+        "past_key_values.0.key",
+        "past_key_values.1.key",
+        "past_key_values_extra",
+    ]
+    # An entry inside a part another entry leaves out is redundant, not unmatched.
+    assert list(
+        flatten(
+            value,
+            exclude=[
+                "past_key_values",
+                "past_key_values.0.key",
+                "labels",
+                "*attentions",
+                "decoder",
+            ],
+        )
+    ) == [
+        "logits",
+        "past_key_values_extra",
+    ]
+    with pytest.raises(TypeError, match=r"'out\.labels\.0' has type str.*exclude='labels'"):
+        flatten(value, prefix="out", exclude=["past_key_values", "decoder", "attentions"])
+
+
+def test_exclude_errors_name_the_entry() -> None:
+    value = {"logits": torch.zeros(1), "cache": DynamicCache(1)}
+    parts = r"its parts: 'logits' \(excluded\), 'cache' \(e\.g\. 'cache\.0\.key'\)"
+    with pytest.raises(ValueError, match=rf"exclude 'past_key_values', 'cach' match no .*{parts}"):
+        flatten(value, prefix="0", exclude=["logits", "past_key_values", "cach"])
+    with pytest.raises(ValueError, match=r"exclude '0' matches no part.*single tensor"):
+        flatten(torch.ones(1), prefix="0", exclude="0")
+    with pytest.raises(TypeError, match=r"exclude must be a key path or pattern.*int 3"):
+        flatten(value, exclude=3)
+    with pytest.raises(TypeError, match=r"a list holding NoneType None"):
+        flatten(value, exclude=["logits", None])
+    with pytest.raises(ValueError, match=r"empty key path"):
+        flatten(value, exclude=[""])
+
+
+_COMPONENT = st.sampled_from(["a", "b", "ab", "a_b", "0", "1"])
+
+
+@st.composite
+def _nested(draw: st.DrawFn, depth: int = 0) -> object:
+    if depth >= 3 or draw(st.booleans()):
+        return 1.0
+    names = draw(st.lists(_COMPONENT, min_size=1, max_size=3, unique=True))
+    return {name: draw(_nested(depth + 1)) for name in names}
+
+
+@given(
+    value=_nested(),
+    entries=st.lists(
+        st.lists(st.sampled_from(["a", "b", "ab", "0", "*", "?", "a*"]), min_size=1, max_size=3)
+        .map(".".join)
+        .filter(lambda entry: entry != "*"),
+        min_size=1,
+        max_size=3,
+    ),
+)
+def test_exclude_leaves_out_exactly_the_keys_a_component_prefix_of_which_matches(
+    value: object, entries: list[str]
+) -> None:
+    every = list(flatten(value))
+
+    def prefixes(key: str) -> list[str]:
+        parts = key.split(".")
+        return [".".join(parts[:n]) for n in range(1, len(parts) + 1)]
+
+    def hit(entry: str, path: str) -> bool:
+        return fnmatch.fnmatchcase(path, entry) or (
+            entry.startswith("*.") and fnmatch.fnmatchcase(path, entry[2:])
+        )
+
+    expected = [key for key in every if not any(hit(e, p) for e in entries for p in prefixes(key))]
+    used = {e for e in entries for key in every if key for p in prefixes(key) if hit(e, p)}
+    unused = [entry for entry in dict.fromkeys(entries) if entry not in used]
+    if unused:
+        with pytest.raises(ValueError, match="match") as info:
+            flatten(value, exclude=entries)
+        assert f"exclude {', '.join(map(repr, unused))} match" in str(info.value)
+    else:
+        assert list(flatten(value, exclude=entries)) == expected

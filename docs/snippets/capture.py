@@ -312,7 +312,26 @@ def threads() -> None:
     write("threads-rounding", e_lines(out))
 
 
+def llm_output() -> None:
+    """A changed attention weight, caught in the whole output of the LLM example."""
+    folder = DEMO / "llm"
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    (folder / "pytest.ini").write_text("[pytest]\n")
+    source = (REPO / "examples" / "test_llm_output.py").read_text()
+    (folder / "test_llm_output.py").write_text(source)
+    run([*PYTEST, "test_llm_output.py", "--update-golden"], folder)
+    weight = "model.model.layers[1].self_attn.k_proj.weight"
+    changed = f"    model = tiny_llama()\n    {weight}[0, 0] += 0.05\n"
+    (folder / "test_llm_output.py").write_text(
+        source.replace("    model = tiny_llama()\n", changed, 1)
+    )
+    out = run([*PYTEST, "test_llm_output.py", "-k", "forward"], folder)
+    write("llm-cache-mismatch", failure(out))
+
+
 if __name__ == "__main__":
     examples()
     demo()
     threads()
+    llm_output()

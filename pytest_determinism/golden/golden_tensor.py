@@ -11,7 +11,7 @@ engine, which compares the runs bit for bit.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -121,14 +121,20 @@ class GoldenTensor:
         atol: float | None = None,
         exact: bool = False,
         equal_nan: bool = True,
+        exclude: str | Sequence[str] | None = None,
     ) -> None:
         """Compare ``value`` with its golden, or record it under ``--update-golden``.
 
-        ``value``: a tensor, array, number, or a nested dict / list / tuple of them.
-        ``name``: the key in the golden file, unique within the test; unnamed checks are
-        ``0``, ``1``, ... in order. ``rtol`` / ``atol`` override the dtype's default (one
-        alone takes the other from the table); ``exact`` asks for equal bits;
-        ``equal_nan`` lets NaN match NaN. Raises ``AssertionError`` on a mismatch and
+        ``value``: a tensor, array, number, or a nested dict / list / tuple / dataclass /
+        named tuple of them, Hugging Face cache objects included (``None`` fields are left
+        out). ``name``: the key in the golden file, unique within the test; unnamed checks
+        are ``0``, ``1``, ... in order. ``rtol`` / ``atol`` override the dtype's default
+        (one alone takes the other from the table); ``exact`` asks for equal bits;
+        ``equal_nan`` lets NaN match NaN. ``exclude``: a key path relative to ``value``
+        (``"cache"``, a prefix on whole components) or an ``fnmatch`` pattern
+        (``"*.attentions"``), or a list of them, left out of recording, comparing and the
+        CI mode's evidence alike; one that matches nothing is a ``ValueError``. Raises
+        ``AssertionError`` on a mismatch and
         :class:`~pytest_determinism.errors.GoldenFileError` when the golden is missing.
         """
         __tracebackhide__ = True
@@ -136,8 +142,14 @@ class GoldenTensor:
         # Bad tolerances fail the same way whether the check compares or records.
         resolve_tolerance("float32", rtol=rtol, atol=atol)
         try:
-            # Recording needs no copy here: the writer keeps what it needs at once.
-            leaves = flatten(value, copy=self._capturing, prefix=name)
+            # Recording needs no copy here: the writer keeps what it needs at once. An
+            # empty exclude still lets error messages offer exclude= as the way out.
+            leaves = flatten(
+                value,
+                copy=self._capturing,
+                prefix=name,
+                exclude=() if exclude is None else exclude,
+            )
         except (TypeError, ValueError) as exc:
             # Raised afresh here, so the traceback ends in the test, not in the plugin.
             raise type(exc)(str(exc)) from None
