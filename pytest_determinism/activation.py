@@ -9,9 +9,10 @@ afterwards it is exactly what it was before.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterable
 
 from pytest_determinism.options import TestSettings
-from pytest_determinism.state import context
+from pytest_determinism.state import context, hooks
 from pytest_determinism.state import snapshot as state
 from pytest_determinism.state.evalmode import EvalModeGuard
 from pytest_determinism.state.rng import seed_everything, torch_if_imported
@@ -68,8 +69,21 @@ class ActiveTest:
         self._take_over_torch()
         seed_everything(self.settings.seed)
 
+    def watch_compiled(self, values: Iterable[object]) -> None:
+        """Watch the modules among ``values`` compiled in place (``module.compile()``), so the
+        plugin's hooks see their calls at the boundary (see ``state.hooks``)."""
+        torch = torch_if_imported()
+        if torch is None:
+            return
+        module_class = torch.nn.Module
+        modules = [value for value in values if isinstance(value, module_class)]
+        if modules:
+            hooks.watch_compiled(modules)
+
     def finish(self) -> None:
         """After the fixtures are torn down: put everything back."""
         self.guard.restore()
+        if torch_if_imported() is not None:
+            hooks.unwatch_compiled()
         state.restore(self._baseline)
         context.set_current_seed(self._outer_seed)

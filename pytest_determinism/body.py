@@ -32,6 +32,7 @@ def run_body(
 ) -> None:
     """Run ``item``'s body: reseeded right before it, repeated in CI mode."""
     explained = None
+    active.watch_compiled(_values_in_reach(item))
     try:
         if plugin_session.options.ci_mode:
             from pytest_determinism.cimode import run_ci_mode
@@ -65,3 +66,18 @@ def _location_in(exc: BaseException, item: pytest.Function) -> str:
             where = f"{item.path.name}:{tb.tb_lineno}"
         tb = tb.tb_next
     return f"\n  (raised at {where})" if where else ""
+
+
+def _values_in_reach(item: pytest.Function) -> list[object]:
+    """The test's fixture values and its module's globals, and the items of containers
+    among them: where a model compiled in place before the body runs is found."""
+    module = getattr(item, "module", None)
+    values: list[object] = [*item.funcargs.values()]
+    if module is not None:
+        values.extend(vars(module).values())
+    for value in list(values):
+        if isinstance(value, list | tuple):
+            values.extend(value)
+        elif isinstance(value, dict):
+            values.extend(value.values())
+    return values

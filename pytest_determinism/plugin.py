@@ -231,6 +231,11 @@ def pytest_runtest_makereport(
     report = yield
     if report.when == "call":
         item.stash[CALL_PASSED] = report.passed
+        active = item.stash.get(ACTIVE, None)
+        if report.failed and active is not None:
+            from pytest_determinism.report_notes import add_note
+
+            add_note(report, "eval mode", active.guard.failure_note())
     if (report.when == "call" or report.failed) and (
         SETTINGS in item.stash or GOLDEN in item.stash
     ):

@@ -41,8 +41,9 @@ def test_flags_restored_after(net):
     result.assert_outcomes(passed=2)
     result.stdout.fnmatch_lines(
         [
-            "*DeterminismWarning: Net was called in training mode with stochastic layers "
-            "active: body.1 (Dropout)*Call model.eval() in your own inference code*",
+            "*DeterminismWarning: Net was called in training mode, where these layers act "
+            "differently from eval mode: body.1 (Dropout). Dropout and stochastic depth draw "
+            "random numbers*Call model.eval() in your own inference code*",
         ]
     )
     # The warning points at the user's call, not at torch or the plugin.
@@ -137,8 +138,8 @@ def test_convnext():
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines(
         [
-            "*ConvNextModel was called in training mode with stochastic layers "
-            "active: encoder.stages.1.layers.0.drop_path (ConvNextDropPath)*"
+            "*ConvNextModel was called in training mode, where these layers act differently "
+            "from eval mode: encoder.stages.1.layers.0.drop_path (ConvNextDropPath)*"
         ]
     )
 
@@ -160,3 +161,93 @@ def test_child_left_training(net):
     result = run("-W", "always::pytest_determinism.DeterminismWarning")
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines(["*Net.body (Sequential) was called in training mode*1 (Dropout)*"])
+
+
+def test_batch_norm_wording_and_zero_drop_probability(pytester: pytest.Pytester, run) -> None:
+    pytester.makepyfile(
+        """
+import pytest
+import torch
+
+class DropPath(torch.nn.Module):
+    '''As timm's: stochastic depth with a drop probability.'''
+    def __init__(self, drop_prob=0.0):
+        super().__init__()
+        self.drop_prob = drop_prob
+
+    def forward(self, x):
+        return x
+
+@pytest.mark.deterministic
+def test_batch_norm():
+    torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.BatchNorm1d(4))(torch.ones(3, 4))
+
+@pytest.mark.deterministic
+def test_nothing_dropped():
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Dropout(p=0.0), DropPath(0.0))
+    model(torch.ones(3, 4))
+    assert not model.training
+
+@pytest.mark.deterministic
+def test_both_kinds():
+    model = torch.nn.Sequential(torch.nn.BatchNorm1d(4), DropPath(0.1), torch.nn.Dropout(0.0))
+    model(torch.ones(3, 4))
+"""
+    )
+    result = run("-W", "always::pytest_determinism.DeterminismWarning")
+    result.assert_outcomes(passed=3)
+    result.stdout.fnmatch_lines(
+        [
+            "*DeterminismWarning: Sequential was called in training mode, where these layers "
+            "act differently from eval mode: 1 (BatchNorm1d). Batch normalisation draws no "
+            "random numbers, but in training mode it normalises with the batch's own "
+            "statistics, so one sample's output depends on the others in its batch, and it "
+            "updates its running statistics on every call, a state change even under "
+            "torch.no_grad(). Call model.eval()*",
+            "*DeterminismWarning: Sequential was called in training mode, where these layers "
+            "act differently from eval mode: 0 (BatchNorm1d), 1 (DropPath). Dropout and "
+            "stochastic depth (1 (DropPath)) draw random numbers in training mode*Batch "
+            "normalisation (0 (BatchNorm1d)) draws no random numbers*",
+        ]
+    )
+    output = result.stdout.str()
+    assert "test_nothing_dropped" not in output.split("warnings summary")[1]
+    assert "(Dropout)" not in output
+
+
+def test_failure_after_the_switch_says_so(pytester: pytest.Pytester, run) -> None:
+    pytester.makepyfile(
+        """
+import pytest
+import torch
+
+@pytest.mark.deterministic
+def test_drops_in_train_mode():
+    drop = torch.nn.Dropout(0.5).train()
+    assert (drop(torch.ones(100)) == 0).any(), "should drop in train mode"
+
+@pytest.mark.deterministic
+def test_fails_without_a_switch():
+    torch.nn.Linear(2, 2).eval()(torch.ones(1, 2))
+    assert False, "its own failure"
+
+@pytest.mark.deterministic(eval_mode=False)
+def test_checks_training_behaviour():
+    drop = torch.nn.Dropout(0.5).train()
+    assert (drop(torch.ones(100)) == 0).any()
+"""
+    )
+    for mode in ((), ("--determinism",)):
+        result = run(*mode)
+        result.assert_outcomes(failed=2, passed=1)
+        result.stdout.fnmatch_lines(
+            [
+                "E*AssertionError: should drop in train mode",
+                "*- pytest-determinism: eval mode -*",
+                "pytest-determinism switched these modules from training to eval mode during "
+                "this test: Dropout (with Dropout (Dropout)).*If the test checks training "
+                "behaviour*mark it @pytest.mark.deterministic(eval_mode=False).",
+            ]
+        )
+        own = result.stdout.str().split("_ test_fails_without_a_switch _")[1]
+        assert "its own failure" in own and "pytest-determinism: eval mode" not in own

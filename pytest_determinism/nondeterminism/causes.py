@@ -92,6 +92,9 @@ def _settings_changes(a: TorchFlags | None, b: TorchFlags | None) -> list[str]:
 
 def stochastic_inside(trace: Trace, record: CallRecord) -> tuple[str, ...]:
     """The stochastic layers among ``record`` and the calls inside it, with their mode."""
+    if record.compiled is not None:
+        # The calls inside a compiled module are not seen; its layers were listed instead.
+        return record.compiled
     found = [record, *trace.nested(record)]
     return tuple(
         f"{call.display_name} ({call.cls}, {'training' if call.training else 'eval'})"
@@ -188,6 +191,15 @@ class Pair:
                 STOCHASTIC_LAYER,
                 f"{name} is a stochastic layer in training mode: it draws random numbers on "
                 "every call, so its output depends on the seed.",
+                _EVAL_FIX,
+            )
+        if record.training and record.compiled and any("training)" in s for s in inside):
+            # A compiled module's inner calls are not seen: its layers are all we know.
+            return (
+                STOCHASTIC_LAYER,
+                f"{name} is compiled and in training mode, with stochastic layers inside: "
+                f"{', '.join(inside)}; they draw random numbers on every call, so its output "
+                "depends on the seed.",
                 _EVAL_FIX,
             )
         if record.training:

@@ -153,6 +153,12 @@ def _finish(
     )
 
 
+def _compiled_note(record: CallRecord) -> str:
+    if record.compiled is None:
+        return ""
+    return ", compiled (torch.compile): the module calls inside it are not seen"
+
+
 def _diverging_call(pair: Pair, index: int) -> Diagnosis:
     a, b = pair.a, pair.b
     record, twin = a.calls[index], b.calls[index]
@@ -161,7 +167,8 @@ def _diverging_call(pair: Pair, index: int) -> Diagnosis:
     lines = [
         "First module call whose output differed (in the order calls returned):",
         f"  module: {record.display_name}",
-        f"  class: {record.cls} (in {record.root}, call {index} of {len(a)} in run 0)",
+        f"  class: {record.cls}{_compiled_note(record)} (in {record.root}, call {index} of "
+        f"{len(a)} in run 0)",
         f"  mode: {'training' if record.training else 'eval'}",
         f"  stochastic layers inside: {', '.join(stochastic) if stochastic else 'none'}",
         f"  inputs: {_described_difference(record.inputs, twin.inputs)}",

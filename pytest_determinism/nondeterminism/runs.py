@@ -128,14 +128,22 @@ def _error_text(error: BaseException | None) -> str | None:
     return None if error is None else f"{type(error).__name__}: {error}"
 
 
-# Object addresses in messages ("<Foo object at 0x7f...>") change from run to run.
-_ADDRESS = re.compile(r"0x[0-9a-fA-F]{6,}")
+# Parts of a message that change from run to run of the same failure: object addresses
+# ("<Foo object at 0x7f...>"), ids and addresses printed in decimal, and Dynamo's frame and
+# recompilation counters ("[0/1]"). Small numbers (shapes, indices, values) stay.
+_VOLATILE = re.compile(r"0x[0-9a-fA-F]{6,}|(?<![\w.])\d{9,}(?![\w.])|\[\d+/\d+\]")
+
+
+def error_text_key(error: BaseException) -> tuple[type[BaseException], str]:
+    """What decides whether two runs raised the same error: its type and its message with
+    addresses and counters stripped."""
+    return type(error), _VOLATILE.sub("#", str(error))
 
 
 def _same_error(a: BaseException | None, b: BaseException | None) -> bool:
     if a is None or b is None:
         return a is b
-    return type(a) is type(b) and _ADDRESS.sub("0x", str(a)) == _ADDRESS.sub("0x", str(b))
+    return error_text_key(a) == error_text_key(b)
 
 
 def _value_difference(key: str, comparison: Comparison, other_name: str) -> KeyDifference:

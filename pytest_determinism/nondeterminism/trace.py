@@ -13,7 +13,10 @@ the first module whose output changed (see ``diagnose``).
 Limits, by design:
 
 - Only calls that go through ``Module.__call__`` are seen: ``module.forward(x)`` bypasses
-  every hook, and so does the inside of a compiled or scripted module.
+  every hook, and so does the inside of a compiled or scripted module. A compiled module
+  is one call at its boundary (see :mod:`pytest_determinism.state.hooks`), named by the
+  compiled module's class, with the stochastic layers inside it listed in
+  :attr:`CallRecord.compiled`.
 - Calls made on another thread than the one that opened the block are ignored.
 - Positional arguments are fingerprinted on entry, keyword arguments when the call returns
   (global pre-hooks do not receive them), so an in-place change to a keyword argument shows
@@ -54,6 +57,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from pytest_determinism.nondeterminism.digest import array_digest, tensor_digest
+from pytest_determinism.state import hooks
 from pytest_determinism.state.evalmode import is_stochastic
 from pytest_determinism.state.snapshot import TorchFlags, capture_torch_flags
 
@@ -82,7 +86,9 @@ _MAX_DEPTH = 6
 
 # Positions in a raw call row; rows are plain lists because a dataclass per call costs
 # more than the rest of the bookkeeping, and most traces are never read call by call.
-_PARENT, _OUTER, _QUALNAME, _CLASS, _INPUTS, _STATE, _OUTPUTS, _TRAINING, _LAST = range(9)
+_PARENT, _OUTER, _QUALNAME, _CLASS, _INPUTS, _STATE, _OUTPUTS, _TRAINING, _LAST, _COMPILED = range(
+    10
+)
 
 
 @dataclass(frozen=True, eq=False)
@@ -96,6 +102,11 @@ class CallRecord:
     ``training`` is read when the call returns, after every pre-hook (the plugin's eval-mode
     switch included) has run. ``outputs`` is ``None`` when the forward raised. ``state``
     fingerprints the module's own buffers and parameters on entry.
+
+    ``compiled`` is ``None`` for a module that runs as Python; for a compiled one
+    (``torch.compile(module)``, whose class is then the compiled module's, or
+    ``module.compile()``) the calls inside it are not seen, and it holds instead the
+    stochastic layers inside the module with their mode, as ``"name (Class, training)"``.
     """
 
     index: int
@@ -111,6 +122,7 @@ class CallRecord:
     outputs: Fingerprint | None
     training: bool
     last: int
+    compiled: tuple[str, ...] | None = None
 
     @property
     def display_name(self) -> str:
@@ -159,7 +171,7 @@ class Trace:
 
     def _record(self, index: int) -> CallRecord:
         row = self.rows[index]
-        cls, cls_module, stochastic = row[_CLASS]
+        cls, cls_module, stochastic, _ = row[_CLASS]
         outer = row[_OUTER]
         return CallRecord(
             index=index,
@@ -175,6 +187,7 @@ class Trace:
             outputs=row[_OUTPUTS],
             training=row[_TRAINING],
             last=row[_LAST],
+            compiled=row[_COMPILED],
         )
 
 
@@ -219,7 +232,6 @@ class _Tracer:
         self.thread = threading.get_ident()
         self.trace = Trace(settings=capture_torch_flags(torch))
         self.stack: list[tuple[Any, list[Any]]] = []
-        self.handles: list[Any] = []
         # Module id -> qualified name, a table per root (``table``: the one of the
         # outermost call now running), rebuilt at most once when a module is missing.
         self.tables: dict[int, dict[int, str]] = {}
@@ -229,20 +241,14 @@ class _Tracer:
         # the output of one call is usually the input of the next, and is hashed once.
         self.digests: dict[int, tuple[Any, int, int, str, Any, int]] = {}
         self.dtype_names: dict[Any, str] = {}
-        self.classes: dict[type, tuple[str, str, bool]] = {}
+        self.classes: dict[type, tuple[str, str, bool, bool]] = {}
         self.pass_through = _pass_through_classes(torch)
 
     def install(self) -> None:
-        hooks = self.torch.nn.modules.module
-        self.handles = [
-            hooks.register_module_forward_pre_hook(self.enter),
-            hooks.register_module_forward_hook(self.exit, with_kwargs=True, always_call=True),
-        ]
+        hooks.subscribe(pre=self.enter, post=self.exit)
 
     def uninstall(self) -> None:
-        for handle in self.handles:
-            handle.remove()
-        self.handles = []
+        hooks.unsubscribe(pre=self.enter, post=self.exit)
 
     def _leaf(self, tensor: Any, path: str) -> LeafPrint:
         try:
@@ -347,11 +353,30 @@ class _Tracer:
         suffix = f"<{type(module).__name__}>"
         return f"{parent[_QUALNAME]}.{suffix}" if parent[_QUALNAME] else suffix
 
-    def _class_info(self, module: Any) -> tuple[str, str, bool]:
+    def _compiled_info(
+        self, module: Any, info: tuple[str, str, bool, bool]
+    ) -> tuple[tuple[str, str, bool, bool], tuple[str, ...]]:
+        """The class info naming a compiled call, and the stochastic layers inside it."""
+        if info[3]:
+            # torch.compile(module): name the compiled module, not its wrapper.
+            module = module._orig_mod
+            info = self._class_info(module)
+        layers = tuple(
+            f"{name or '<root>'} ({type(sub).__name__}, {'training' if sub.training else 'eval'})"
+            for name, sub in module.named_modules()
+            if is_stochastic(self.torch, sub)
+        )
+        return info, layers
+
+    def _class_info(self, module: Any) -> tuple[str, str, bool, bool]:
         cls = type(module)
         info = self.classes.get(cls)
         if info is None:
-            info = (cls.__name__, cls.__module__, is_stochastic(self.torch, module))
+            # The last item: whether this is torch.compile's wrapper around a module.
+            optimized = cls.__name__ == "OptimizedModule" and cls.__module__.startswith(
+                "torch._dynamo"
+            )
+            info = (cls.__name__, cls.__module__, is_stochastic(self.torch, module), optimized)
             self.classes[cls] = info
         return info
 
@@ -379,6 +404,10 @@ class _Tracer:
             if self.observer is not None:
                 self.observer.outermost_enter(module, outer)
         index = len(trace.rows)
+        info = self.classes.get(type(module)) or self._class_info(module)
+        compiled = None
+        if info[3] or module.__dict__.get("_compiled_call_impl") is not None:
+            info, compiled = self._compiled_info(module, info)
         # Inlined common cases (one tensor argument, a class seen before): this runs for
         # every module call.
         if len(args) == 1 and type(args[0]) is self.tensor_type:
@@ -390,12 +419,13 @@ class _Tracer:
             parent_index,
             outer,
             qualname,
-            self.classes.get(type(module)) or self._class_info(module),
+            info,
             inputs,
             self._state(module) if module._buffers or module._parameters else (),
             None,
             False,
             index,
+            compiled,
         ]
         trace.rows.append(row)
         stack.append((module, row))

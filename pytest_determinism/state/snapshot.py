@@ -82,6 +82,11 @@ class GlobalState:
     rng: RngState
     torch: TorchFlags | None
     cublas_workspace_config: str | None
+    inductor_deterministic_env: str | None = None
+
+
+# Read by inductor's config when it is first imported (torch.compile imports it).
+INDUCTOR_DETERMINISTIC = "TORCHINDUCTOR_DETERMINISTIC"
 
 
 def _inductor_config() -> Any | None:
@@ -148,6 +153,7 @@ def capture() -> GlobalState:
         rng=capture_rng(),
         torch=None if torch is None else capture_torch_flags(torch),
         cublas_workspace_config=os.environ.get(CUBLAS_WORKSPACE_CONFIG),
+        inductor_deterministic_env=os.environ.get(INDUCTOR_DETERMINISTIC),
     )
 
 
@@ -176,7 +182,7 @@ def _restore_tf32(
         write(torch, Tf32State(False, wanted.effective, wanted.effective))
 
 
-def _restore_torch(torch: Any, flags: TorchFlags) -> None:
+def _restore_torch(torch: Any, flags: TorchFlags, inductor_env: str | None) -> None:
     if (
         torch.are_deterministic_algorithms_enabled() != flags.deterministic
         or torch.is_deterministic_algorithms_warn_only_enabled() != flags.warn_only
@@ -184,9 +190,10 @@ def _restore_torch(torch: Any, flags: TorchFlags) -> None:
         _switch_deterministic_algorithms(torch, flags.deterministic, flags.warn_only)
     inductor = _inductor_config()
     if inductor is not None:
-        # Loaded during the test: put back what torch's own switch would have left.
+        # Loaded during the test: put back what its import and torch's own switch would
+        # have left.
         inductor.deterministic = (
-            flags.deterministic
+            flags.deterministic or inductor_env == "1"
             if flags.inductor_deterministic is None
             else flags.inductor_deterministic
         )
@@ -204,11 +211,15 @@ def restore(state: GlobalState) -> None:
     restore_rng(state.rng)
     torch = torch_if_imported()
     if torch is not None and state.torch is not None:
-        _restore_torch(torch, state.torch)
-    if state.cublas_workspace_config is None:
-        os.environ.pop(CUBLAS_WORKSPACE_CONFIG, None)
-    else:
-        os.environ[CUBLAS_WORKSPACE_CONFIG] = state.cublas_workspace_config
+        _restore_torch(torch, state.torch, state.inductor_deterministic_env)
+    for name, value in (
+        (CUBLAS_WORKSPACE_CONFIG, state.cublas_workspace_config),
+        (INDUCTOR_DETERMINISTIC, state.inductor_deterministic_env),
+    ):
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
 
 
 def apply_deterministic_settings(
@@ -226,6 +237,11 @@ def apply_deterministic_settings(
     inductor = _inductor_config()
     if inductor is not None:
         inductor.deterministic = True
+    else:
+        # Importing inductor's config costs about 1 s, and torch.use_deterministic_algorithms
+        # would import it only to set this flag. A torch.compile inside the test imports it
+        # and reads the flag's default from the environment then.
+        os.environ[INDUCTOR_DETERMINISTIC] = "1"
     torch.utils.deterministic.fill_uninitialized_memory = True
     torch.backends.cudnn.deterministic = True
     torch.backends.cudnn.benchmark = False
