@@ -7,6 +7,7 @@ nested dicts / lists / tuples / dataclasses, Hugging Face ``ModelOutput`` and ca
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -71,7 +72,8 @@ def assert_deterministic(
             "e.g. `lambda: model(**batch).logits`",
         )
 
-    verdict = check_runs(run_once, runs=runs, seed=seed, stochastic=stochastic)
+    # Source lines in the report are shown relative to where pytest (or the caller) runs.
+    verdict = check_runs(run_once, runs=runs, seed=seed, stochastic=stochastic, rootdir=os.getcwd())
     if not verdict.ok:
         raise NondeterminismError(verdict.message)
     first_error = verdict.errors[0]

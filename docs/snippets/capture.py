@@ -197,7 +197,8 @@ def demo() -> None:
             golden_tensor.check(classify(model, torch.randn(8, 3, 32, 32)), name="probs")
         """,
     )
-    env = {"PYTHONPATH": str(REPO / "examples")}
+    # The checkout being documented first, so a worktree's plugin is the one that runs.
+    env = {"PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "examples")])}
     run([*PYTEST, "tests/test_inference.py", "--update-golden"], DEMO, env)
     out = run([*PYTEST, "tests/test_inference.py::test_probs"], DEMO, env)
     write("train-mode-warning", section(out, "tests/test_inference.py::test_probs", "\n\n"))

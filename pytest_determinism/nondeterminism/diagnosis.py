@@ -61,6 +61,8 @@ class Diagnosis:
     made the difference when that is an enclosing one. ``cause`` is one of the
     constants of :mod:`~pytest_determinism.nondeterminism.causes`; ``explanation`` and
     ``fix`` are sentences; ``text`` is the whole account, as the verdict's message quotes it.
+    ``source`` is the entry index of the call whose own code made the difference (where to
+    look for the op), ``-1`` when it arose outside every module call, ``None`` when unknown.
     """
 
     kind: RunKind
@@ -75,6 +77,7 @@ class Diagnosis:
     explanation: str
     fix: str
     text: str
+    source: int | None = None
 
 
 def _label(path: str) -> str:
@@ -134,6 +137,7 @@ def _finish(
     record: CallRecord | None = None,
     inputs_differed: bool | None = None,
     origin: CallRecord | None = None,
+    source: int | None = -1,
 ) -> Diagnosis:
     lines += [f"  likely cause: {cause}", f"  why: {explanation}", f"  fix: {fix}"]
     stochastic = () if record is None else stochastic_inside(pair.a, record)
@@ -150,6 +154,7 @@ def _finish(
         explanation=explanation,
         fix=fix,
         text="\n".join(lines),
+        source=source,
     )
 
 
@@ -177,7 +182,16 @@ def _diverging_call(pair: Pair, index: int) -> Diagnosis:
     if not inputs_differed:
         lines.append("  so the difference arose inside this module")
         cause, explanation, fix = pair.module_cause(record, twin)
-        return _finish(pair, cause, explanation, fix, lines, record=record, inputs_differed=False)
+        return _finish(
+            pair,
+            cause,
+            explanation,
+            fix,
+            lines,
+            record=record,
+            inputs_differed=False,
+            source=record.index,
+        )
     origin = origin_of(a, b, record)
     if origin is None:
         outer = a.calls[a.outermost[record.outer]]
@@ -222,6 +236,7 @@ def _diverging_call(pair: Pair, index: int) -> Diagnosis:
         record=record,
         inputs_differed=True,
         origin=origin,
+        source=origin.index,
     )
 
 
@@ -283,7 +298,16 @@ def _sequence(pair: Pair, split: int) -> Diagnosis:
         f"{call_name(parent)} decided differently which modules to call (random layer drop / "
         f"stochastic depth by skipping, or data-dependent control flow). " + explanation
     )
-    return _finish(pair, cause, explanation, fix, lines, record=parent, inputs_differed=False)
+    return _finish(
+        pair,
+        cause,
+        explanation,
+        fix,
+        lines,
+        record=parent,
+        inputs_differed=False,
+        source=parent.index,
+    )
 
 
 def _nothing(pair: Pair) -> Diagnosis:

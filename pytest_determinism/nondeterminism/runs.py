@@ -2,12 +2,16 @@
 
 :func:`check_runs` is the engine behind ``--determinism`` and ``assert_deterministic``. It
 knows nothing of pytest: it calls ``run_once(i)``, which returns the evidence of run ``i``
-(``{key: Leaf}``), and compares the evidence of every run with run 0's, bit for bit. Each
-run is traced (:mod:`pytest_determinism.nondeterminism.trace`), so a difference comes with
-a message naming the first torch module whose output diverged
-(:mod:`pytest_determinism.nondeterminism.diagnosis`).
+(``{key: Leaf}``), and compares the evidence of every run with run 0's, bit for bit.
 
-torch modules are traced and probed only when torch was imported before the check began,
+A check that passes pays for its runs and nothing more: no module call is fingerprinted
+and no op recorded; the only hooks are the eval-mode switch's and, in run 0 and the probe
+run, the seed probe's outermost-call observer. Only when two runs differ are they run again,
+reseeded alike, with recording on (:mod:`pytest_determinism.nondeterminism.recorded`), so
+the message names the first torch module whose output diverged
+(:mod:`pytest_determinism.nondeterminism.diagnosis`) and, inside it, the op and the line.
+
+torch modules are probed and recorded only when torch was imported before the check began,
 as it is when the test module imports it; otherwise only the evidence is compared.
 
 Checks nest: when ``run_once`` itself calls ``check_runs`` (a helper inside a test that the
@@ -19,7 +23,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
@@ -27,7 +31,7 @@ from pytest_determinism.golden.compare import Comparison, compare_leaves
 from pytest_determinism.golden.mismatch import format_spot
 from pytest_determinism.golden.tolerances import EXACT
 from pytest_determinism.golden.values import Leaf, bits_equal
-from pytest_determinism.nondeterminism.trace import Trace, tracing
+from pytest_determinism.nondeterminism.trace import OUTSIDE, Trace, tracing, watching
 from pytest_determinism.state.rng import (
     capture_rng,
     restore_rng,
@@ -37,7 +41,9 @@ from pytest_determinism.state.rng import (
 
 if TYPE_CHECKING:
     from pytest_determinism.nondeterminism.diagnosis import Diagnosis
+    from pytest_determinism.nondeterminism.ops import OpRecorder
     from pytest_determinism.nondeterminism.probe import SeedProbe
+    from pytest_determinism.nondeterminism.recorded import Explanation
 
 __all__ = ["KeyDifference", "RunKind", "Verdict", "check_runs"]
 
@@ -81,8 +87,12 @@ class Verdict:
     (probe run last), the exception it raised or ``None``; ``evidence`` is run 0's
     evidence; ``diverging_run`` the index of the run that differed (``runs`` for the probe
     run); ``runs_made`` counts the runs actually made (the checks stop at the first
-    divergence); ``probe_run`` says whether the probe run was part of the check;
-    ``diagnosis`` is the full analysis, when one was made.
+    divergence; re-runs made to explain it are not counted); ``probe_run`` says whether the
+    probe run was part of the check; ``diagnosis`` is the full analysis, when one was made.
+    ``reproduced`` says whether the difference came back when the runs were made again with
+    recording on (``None`` when they were not: the check passed, or torch was not
+    imported); ``op`` and ``line`` name the first differing torch op
+    (``aten.rand.default``) and the line that called it, when found.
     """
 
     ok: bool
@@ -97,31 +107,43 @@ class Verdict:
     runs_made: int = 0
     probe_run: bool = False
     diagnosis: Diagnosis | None = field(default=None, repr=False)
+    reproduced: bool | None = None
+    op: str | None = None
+    line: str | None = None
 
 
 @dataclass
-class _Run:
+class Run:
+    """One call of ``run_once``: its evidence, what it raised, its trace when recorded."""
+
     evidence: Mapping[str, Leaf]
     error: BaseException | None
     trace: Trace | None
 
 
-def _run(
+def run_reseeded(
     run_once: Callable[[int], Mapping[str, Leaf]],
     index: int,
     seed: int,
     catch: tuple[type[BaseException], ...],
-    traced: bool,
     probe: SeedProbe | None,
-) -> _Run:
+    *,
+    traced: bool = False,
+    ops: OpRecorder | None = None,
+    window: int = OUTSIDE,
+) -> Run:
+    """Run ``run_once(index)`` reseeded; traced (and recording ops in ``window``) when asked,
+    else watched by ``probe`` alone (an enclosing check's block stands aside either way)."""
     seed_everything(seed)
-    context: AbstractContextManager[Trace | None] = tracing(probe) if traced else nullcontext()
+    context: AbstractContextManager[Trace | None] = (
+        tracing(probe, ops=ops, window=window) if traced else watching(probe)
+    )
     with context as trace:
         try:
             evidence = run_once(index)
         except catch as exc:
-            return _Run({}, exc, trace)
-    return _Run(evidence, None, trace)
+            return Run({}, exc, trace)
+    return Run(evidence, None, trace)
 
 
 def _error_text(error: BaseException | None) -> str | None:
@@ -200,7 +222,8 @@ def _differences(
     return out
 
 
-def _same(a: _Run, b: _Run) -> bool:
+def same_run(a: Run, b: Run) -> bool:
+    """Whether two runs raised alike and produced bitwise-identical evidence."""
     if not _same_error(a.error, b.error):
         return False
     if a.evidence.keys() != b.evidence.keys():
@@ -223,10 +246,10 @@ def _message(
     index: int,
     runs: int,
     seed: int,
-    first: _Run,
-    other: _Run,
+    first: Run,
+    other: Run,
     differences: list[KeyDifference],
-    diagnosis: Diagnosis | None,
+    explanation: Explanation | None,
     mismatch: str | None,
 ) -> str:
     if kind == "repeat":
@@ -250,9 +273,9 @@ def _message(
     if differences:
         lines.append("  checked values that differ:")
         lines += [f"    {diff.key or '(value)'}: {diff.detail}" for diff in differences]
-    if diagnosis is not None:
-        lines.append(diagnosis.text)
-    elif first.trace is None:
+    if explanation is not None:
+        lines.append(explanation.text)
+    else:
         lines.append(
             "  (torch was not imported when the check began, so module calls were not traced)"
         )
@@ -264,21 +287,19 @@ def _failure(
     index: int,
     runs: int,
     seed: int,
-    made: list[_Run],
+    made: list[Run],
+    again: Callable[[], Explanation] | None,
     mismatch: str | None = None,
 ) -> Verdict:
-    from pytest_determinism.nondeterminism.diagnosis import diagnose
-
     first, other = made[0], made[-1]
     name = f"run {index}" if kind == "repeat" else "the probe run"
     differences = _differences(first.evidence, other.evidence, name)
-    diagnosis = None
-    if first.trace is not None and other.trace is not None:
-        diagnosis = diagnose(first.trace, other.trace, kind=kind, other_name=name)
+    explanation = None if again is None else again()
+    diagnosis = None if explanation is None else explanation.diagnosis
     return Verdict(
         ok=False,
         kind=kind,
-        message=_message(kind, index, runs, seed, first, other, differences, diagnosis, mismatch),
+        message=_message(kind, index, runs, seed, first, other, differences, explanation, mismatch),
         module=None if diagnosis is None else diagnosis.module,
         module_class=None if diagnosis is None else diagnosis.cls,
         differences=tuple(differences),
@@ -288,6 +309,9 @@ def _failure(
         runs_made=len(made),
         probe_run=kind == "seed",
         diagnosis=diagnosis,
+        reproduced=None if explanation is None else explanation.reproduced,
+        op=None if explanation is None else explanation.op,
+        line=None if explanation is None else explanation.line,
     )
 
 
@@ -298,6 +322,7 @@ def check_runs(
     seed: int,
     stochastic: bool,
     catch: tuple[type[BaseException], ...] = (Exception,),
+    rootdir: str | None = None,
 ) -> Verdict:
     """Call ``run_once(i)`` for ``i`` in ``range(runs)``, each reseeded with ``seed``, and
     unless ``stochastic`` once more (``i == runs``) under the seed probe; compare.
@@ -309,28 +334,48 @@ def check_runs(
     NaN positions included), and an exception from ``catch`` counts as evidence too (its
     type and message). Other exceptions propagate. The runs stop at the first divergence.
     Every random number generator is put back as it was found when the check ends.
+
+    To explain a divergence, run 0 and the run that differed are made again with recording
+    on, as ``run_once(i)`` with ``i > runs`` (a fresh index per re-run): such a call must
+    only produce its evidence, never compare with or record goldens again. ``rootdir``:
+    paths in the report's source lines are shown relative to it.
     """
     if runs < 1:
         raise ValueError(f"check_runs: runs must be at least 1, got {runs}")
-    traced = torch_if_imported() is not None
+    torch_present = torch_if_imported() is not None
     probe = None
-    if traced and not stochastic:
+    if torch_present and not stochastic:
         from pytest_determinism.nondeterminism.probe import SeedProbe
 
         probe = SeedProbe(seed)
+
+    def again(kind: RunKind, index: int) -> Callable[[], Explanation] | None:
+        if not torch_present:
+            return None
+        from pytest_determinism.nondeterminism.recorded import explain
+
+        return lambda: explain(
+            run_once,
+            kind=kind,
+            index=index,
+            runs=runs,
+            seed=seed,
+            catch=catch,
+            rootdir=rootdir,
+        )
+
     saved = capture_rng()
     try:
-        made = [_run(run_once, 0, seed, catch, traced, probe)]
+        made = [run_reseeded(run_once, 0, seed, catch, probe)]
         for index in range(1, runs):
-            made.append(_run(run_once, index, seed, catch, traced, None))
-            if not _same(made[0], made[-1]):
-                return _failure("repeat", index, runs, seed, made)
-            made[-1].trace = None  # only run 0's trace is kept for later comparisons
+            made.append(run_reseeded(run_once, index, seed, catch, None))
+            if not same_run(made[0], made[-1]):
+                return _failure("repeat", index, runs, seed, made, again("repeat", index))
         if probe is not None:
             probe.replay()
-            made.append(_run(run_once, runs, seed, catch, traced, probe))
-            if probe.mismatch is not None or not _same(made[0], made[-1]):
-                return _failure("seed", runs, runs, seed, made, probe.mismatch)
+            made.append(run_reseeded(run_once, runs, seed, catch, probe))
+            if probe.mismatch is not None or not same_run(made[0], made[-1]):
+                return _failure("seed", runs, runs, seed, made, again("seed", runs), probe.mismatch)
         return Verdict(
             ok=True,
             kind=None,

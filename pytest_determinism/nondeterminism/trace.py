@@ -57,17 +57,20 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from pytest_determinism.nondeterminism.digest import array_digest, tensor_digest
+from pytest_determinism.nondeterminism.ops import OpRecorder
 from pytest_determinism.state import hooks
 from pytest_determinism.state.evalmode import is_stochastic
 from pytest_determinism.state.snapshot import TorchFlags, capture_torch_flags
 
 __all__ = [
+    "OUTSIDE",
     "CallRecord",
     "Fingerprint",
     "LeafPrint",
     "OutermostObserver",
     "Trace",
     "tracing",
+    "watching",
 ]
 
 #: One value inside a call's inputs, outputs or state: ``(path, dtype or type name, shape,
@@ -460,29 +463,200 @@ class _Tracer:
             self.observer.outermost_exit(module, row[_OUTER])
 
 
+class _Watcher:
+    """The outermost calls alone, for an observer (the seed probe) while nothing is traced.
+
+    A passing check runs under this instead of the tracer: one cheap test per module call,
+    no fingerprints. Only the outermost module is followed; a call of that same module
+    nested inside it (recursion) counts as nested.
+    """
+
+    def __init__(self, observer: OutermostObserver) -> None:
+        self.observer = observer
+        self.thread = threading.get_ident()
+        self.outer: Any = None
+        self.depth = 0
+        self.number = 0
+
+    def install(self) -> None:
+        hooks.subscribe(pre=self.enter, post=self.exit)
+
+    def uninstall(self) -> None:
+        hooks.unsubscribe(pre=self.enter, post=self.exit)
+
+    def enter(self, module: Any, args: tuple[Any, ...]) -> None:
+        """Global forward pre-hook: tell the observer when an outermost call starts."""
+        outer = self.outer
+        if outer is not None:
+            if module is outer:
+                self.depth += 1
+            return
+        if _get_ident() != self.thread:
+            return
+        self.outer = module
+        self.depth = 1
+        self.observer.outermost_enter(module, self.number)
+
+    def exit(self, module: Any, args: tuple[Any, ...], *rest: Any) -> None:
+        """Global forward hook (always called): tell the observer when it ends."""
+        if module is not self.outer:
+            return
+        self.depth -= 1
+        if self.depth:
+            return
+        self.outer = None
+        number = self.number
+        self.number = number + 1
+        self.observer.outermost_exit(module, number)
+
+
+#: The ``window`` of :func:`tracing` that records the ops run outside every module call.
+OUTSIDE = -1
+
+
+class _OpTracer(_Tracer):
+    """A tracer that also switches an op recorder on inside one call (or outside all).
+
+    The recorder's dispatch mode is pushed only while the window is open and no compiled
+    call runs inside it (compiled code is not to run under a dispatch mode), and the
+    tracer's own hooks pause it, so their digests are not taken for the model's ops.
+    """
+
+    def __init__(
+        self, torch: Any, observer: OutermostObserver | None, recorder: OpRecorder, window: int
+    ) -> None:
+        super().__init__(torch, observer)
+        self.recorder = recorder
+        self.window = window
+        self.mode = recorder.mode(torch)
+        self.open = window == OUTSIDE
+        self.pushed = False
+        self.compiled_depth = 0
+
+    def sync(self) -> None:
+        """Push or pop the dispatch mode to match the window; resume recording."""
+        wanted = self.open and not self.compiled_depth
+        if wanted and not self.pushed:
+            self.mode.__enter__()
+            self.pushed = True
+        elif not wanted and self.pushed:
+            self.mode.__exit__(None, None, None)
+            self.pushed = False
+        self.recorder.active = wanted
+
+    def enter(self, module: Any, args: tuple[Any, ...]) -> None:
+        self.recorder.active = False
+        rows = len(self.trace.rows)
+        super().enter(module, args)
+        if len(self.trace.rows) > rows:
+            row = self.trace.rows[-1]
+            if self.window == OUTSIDE:
+                self.open = False
+            elif rows == self.window:
+                self.open = True
+            if self.open and row[_COMPILED] is not None:
+                self.compiled_depth += 1
+        self.sync()
+
+    def exit(self, module: Any, args: tuple[Any, ...], *rest: Any) -> None:
+        self.recorder.active = False
+        stack, exits = self.stack, self.trace.exit_order
+        row = stack[-1][1] if stack else None
+        returned = len(exits)
+        super().exit(module, args, *rest)
+        if row is not None and len(exits) > returned:
+            if self.open and row[_COMPILED] is not None and self.compiled_depth:
+                self.compiled_depth -= 1
+            if exits[-1] == self.window:
+                self.open = False
+            if self.window == OUTSIDE and not stack:
+                self.open = True
+        self.sync()
+
+    def close(self) -> None:
+        """End of the block: the dispatch mode goes, whatever state the calls left."""
+        self.open = False
+        self.compiled_depth = 0
+        self.sync()
+
+
 # Active blocks, innermost last; only the innermost one has its hooks installed.
-_tracers: list[_Tracer] = []
+_tracers: list[_Tracer | _Watcher | _Aside] = []
 
 
 @contextmanager
-def tracing(observer: OutermostObserver | None = None) -> Iterator[Trace]:
-    """Record every module call made inside the block into the yielded :class:`Trace`.
-
-    ``observer`` is told when each outermost call starts and ends (the seed probe). An
-    enclosing ``tracing`` block records nothing, and its observer hears nothing, until this
-    one ends. No hook remains installed once the outermost block has ended.
-    """
-    import torch
-
-    tracer = _Tracer(torch, observer)
+def _block(tracer: _Tracer | _Watcher | _Aside) -> Iterator[None]:
     if _tracers:
         _tracers[-1].uninstall()
     _tracers.append(tracer)
     tracer.install()
     try:
-        yield tracer.trace
+        yield
     finally:
         tracer.uninstall()
         _tracers.remove(tracer)
         if _tracers:
             _tracers[-1].install()
+
+
+@contextmanager
+def tracing(
+    observer: OutermostObserver | None = None,
+    *,
+    ops: OpRecorder | None = None,
+    window: int = OUTSIDE,
+) -> Iterator[Trace]:
+    """Record every module call made inside the block into the yielded :class:`Trace`.
+
+    ``observer`` is told when each outermost call starts and ends (the seed probe). An
+    enclosing ``tracing`` (or :func:`watching`) block records nothing, and its observer
+    hears nothing, until this one ends. No hook remains installed once the outermost block
+    has ended.
+
+    With ``ops``, the torch ops run inside call number ``window`` (its entry index, as in
+    :attr:`CallRecord.index`), or outside every module call for :data:`OUTSIDE`, are
+    recorded into it as well.
+    """
+    import torch
+
+    if ops is None:
+        tracer = _Tracer(torch, observer)
+        with _block(tracer):
+            yield tracer.trace
+        return
+    op_tracer = _OpTracer(torch, observer, ops, window)
+    op_tracer.sync()
+    try:
+        with _block(op_tracer):
+            yield op_tracer.trace
+    finally:
+        op_tracer.close()
+
+
+class _Aside:
+    """A block that hears nothing: it only makes the enclosing one stand aside."""
+
+    def install(self) -> None:
+        """Nothing to install."""
+
+    def uninstall(self) -> None:
+        """Nothing to remove."""
+
+
+@contextmanager
+def watching(observer: OutermostObserver | None) -> Iterator[None]:
+    """Tell ``observer`` when each outermost module call starts and ends, recording
+    nothing: what a passing check needs for the seed probe. Nests like :func:`tracing`.
+
+    With ``observer=None`` nothing is heard, and an enclosing block still stands aside (a
+    helper's runs inside a checked test are its own); with no enclosing block, nothing is
+    installed at all.
+    """
+    if observer is not None:
+        with _block(_Watcher(observer)):
+            yield
+    elif _tracers:
+        with _block(_Aside()):
+            yield
+    else:
+        yield
