@@ -3,7 +3,9 @@
 The run checker (``nondeterminism.runs.check_runs``) decides; this module feeds it the test
 body as a callable whose evidence is what the run passed to ``golden_tensor.check``, and turns
 the verdict into the test's outcome: nondeterminism first (with its message), then a golden
-mismatch of the first run, then whatever the first run raised.
+mismatch of the first run, then whatever the first run raised. A later run that failed where
+run 0 passed, with no module behaving differently, is reported as a body that is not
+re-entrant, naming the function-scoped fixtures the runs share.
 """
 
 from __future__ import annotations
@@ -21,6 +23,10 @@ if TYPE_CHECKING:
 
 __all__ = ["run_ci_mode"]
 
+# The plugin's own fixtures start afresh for each run (golden_tensor.start_run), so they
+# carry nothing from one run to the next.
+_OWN_FIXTURES = frozenset({"golden_tensor", "determinism", "request"})
+
 
 def run_ci_mode(
     item: pytest.Function,
@@ -30,6 +36,8 @@ def run_ci_mode(
     record: SessionRecord,
 ) -> None:
     """Run ``item``'s body ``runs`` times (plus the probe run) and judge the evidence."""
+    from pytest_determinism.body import raised_at
+    from pytest_determinism.nondeterminism.reentry import is_not_reentrant, not_reentrant_message
     from pytest_determinism.nondeterminism.runs import check_runs
 
     settings = active.settings
@@ -50,12 +58,21 @@ def run_ci_mode(
         stochastic=settings.stochastic,
         catch=(Exception, pytest.fail.Exception),
     )
+    not_reentrant = is_not_reentrant(verdict)
     record.determinism_tests += 1
     record.probe_runs += 1 if verdict.probe_run else 0
     test = record.test(item.nodeid)
     test.seed = settings.seed
     test.runs = runs
     test.probe_run = verdict.probe_run
+    test.not_reentrant = not_reentrant
+    if not_reentrant:
+        error = verdict.errors[-1]
+        where = None if error is None else raised_at(error, item)
+        message = not_reentrant_message(
+            verdict, _function_fixtures(item), seed=settings.seed, where=where
+        )
+        pytest.fail(message, pytrace=False)
     test.nondeterministic = not verdict.ok
     test.verdict = verdict.kind
     test.first_diverging_module = verdict.module
@@ -68,3 +85,19 @@ def run_ci_mode(
     first_error = verdict.errors[0] if verdict.errors else None
     if first_error is not None:
         raise first_error
+
+
+def _function_fixtures(item: pytest.Function) -> list[str]:
+    """The function-scoped fixtures ``item`` uses, in pytest's order, parameters left out."""
+    # name2fixturedefs is not public API; without it no fixture is named, which the message
+    # handles.
+    definitions = getattr(getattr(item, "_fixtureinfo", None), "name2fixturedefs", {})
+    params = getattr(getattr(item, "callspec", None), "params", {})
+    names = []
+    for name in item.fixturenames:
+        if name in _OWN_FIXTURES or name in params:
+            continue
+        found = definitions.get(name)
+        if found and found[-1].scope == "function":
+            names.append(name)
+    return names

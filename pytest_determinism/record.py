@@ -34,6 +34,7 @@ class TestRecord:
     first_diverging_module: str | None = None
     first_diverging_class: str | None = None
     golden_not_written: bool = False
+    not_reentrant: bool = False
 
     def to_json(self) -> dict[str, Any]:
         """The test's entry in the CI report."""
@@ -49,6 +50,7 @@ class TestRecord:
             "first_diverging_module": self.first_diverging_module,
             "first_diverging_class": self.first_diverging_class,
             "golden_not_written": self.golden_not_written,
+            "not_reentrant": self.not_reentrant,
         }
 
     def junit_properties(self) -> list[tuple[str, object]]:

@@ -20,10 +20,11 @@ cause and fix of a module's own difference :mod:`~pytest_determinism.nondetermin
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from pytest_determinism.nondeterminism.alignment import (
+    agrees_until_stopped,
     first_output_difference,
     first_sequence_difference,
     origin_of,
@@ -61,6 +62,9 @@ class Diagnosis:
     made the difference when that is an enclosing one. ``cause`` is one of the
     constants of :mod:`~pytest_determinism.nondeterminism.causes`; ``explanation`` and
     ``fix`` are sentences; ``text`` is the whole account, as the verdict's message quotes it.
+    ``calls_agree`` says that the other run made run 0's module calls with identical
+    outputs for as long as it made calls (it may have stopped early, by raising): a
+    failure of that run then did not come from the model.
     """
 
     kind: RunKind
@@ -75,6 +79,7 @@ class Diagnosis:
     explanation: str
     fix: str
     text: str
+    calls_agree: bool = False
 
 
 def _label(path: str) -> str:
@@ -118,10 +123,12 @@ def diagnose(first: Trace, other: Trace, *, kind: RunKind, other_name: str = "ru
     split = first_sequence_difference(first, other)
     index = first_output_difference(first, other, split)
     if index is not None:
-        return _diverging_call(pair, index)
-    if split is not None:
-        return _sequence(pair, split)
-    return _nothing(pair)
+        found = _diverging_call(pair, index)
+    elif split is not None:
+        found = _sequence(pair, split)
+    else:
+        found = _nothing(pair)
+    return replace(found, calls_agree=agrees_until_stopped(first, other))
 
 
 def _finish(
