@@ -10,6 +10,7 @@ re-entrant, naming the function-scoped fixtures the runs share.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
@@ -46,7 +47,14 @@ def run_ci_mode(
         active.before_body()
         if golden is not None:
             golden.start_run(index)
-        item.ihook.pytest_pyfunc_call(pyfuncitem=item)
+        if index == 0:
+            item.ihook.pytest_pyfunc_call(pyfuncitem=item)
+        else:
+            # pytest records the warnings of the whole call phase: a later run's repeats of
+            # run 0's warnings would be counted once per run. Filters stay as they are, so a
+            # warning turned into an error still raises.
+            with warnings.catch_warnings(record=True):
+                item.ihook.pytest_pyfunc_call(pyfuncitem=item)
         return golden.evidence(index) if golden is not None else {}
 
     # pytest.fail() raises an OutcomeException, a BaseException: a run that fails through

@@ -1,8 +1,9 @@
-"""--determinism says what it did: a body that is not re-entrant."""
+"""--determinism says what it did: a body that is not re-entrant, warnings once per test."""
 
 from __future__ import annotations
 
 import json
+import re
 
 import jsonschema
 import pytest
@@ -172,3 +173,62 @@ def test_noise():
         ]
     )
     assert "Not re-entrant" not in result.stdout.str()
+
+
+WARNING = """
+import warnings
+import pytest
+
+@pytest.mark.deterministic
+def test_warns():
+    warnings.warn("the old API", DeprecationWarning)
+    warnings.warn("a model warning", UserWarning)
+
+@pytest.mark.deterministic
+@pytest.mark.filterwarnings("always")
+def test_warns_always():
+    warnings.warn("warned every time", UserWarning)
+"""
+
+
+def _warnings(result: pytest.RunResult) -> tuple[int, int]:
+    """The summary's warning count and the number of warnings the tests raised."""
+    raised = sum(1 for line in result.stdout.lines if re.match(r"test_warning\.py::", line))
+    return result.parseoutcomes().get("warnings", 0), raised
+
+
+def test_a_warning_of_the_body_is_reported_once_per_test(
+    pytester: pytest.Pytester, run, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PYTHONHASHSEED", "0")  # else --determinism warns about it
+    pytester.makepyfile(test_warning=WARNING)
+    plain = run()
+    plain.assert_outcomes(passed=2)
+    assert _warnings(plain) == (3, 3)
+    checked = run("--determinism", "--determinism-runs", "3")
+    checked.assert_outcomes(passed=2)
+    assert _warnings(checked) == (3, 3)
+    checked.stdout.fnmatch_lines(["*DeprecationWarning: the old API", "*warned every time"])
+
+
+def test_a_warning_the_filters_make_an_error_still_fails_a_later_run(
+    pytester: pytest.Pytester, run
+) -> None:
+    pytester.makepyfile(
+        test_error="""
+import warnings
+import pytest
+
+calls = []
+
+@pytest.mark.deterministic
+@pytest.mark.filterwarnings("error")
+def test_second_run_warns():
+    calls.append(1)
+    if len(calls) > 1:
+        warnings.warn("again", UserWarning)
+"""
+    )
+    result = run("--determinism")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["  run 1 raised UserWarning: again"])
