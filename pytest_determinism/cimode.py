@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from pytest_determinism.state import context
+
 if TYPE_CHECKING:
     from pytest_determinism.activation import ActiveTest
     from pytest_determinism.golden.golden_tensor import GoldenTensor
@@ -42,8 +44,11 @@ def run_ci_mode(
     from pytest_determinism.nondeterminism.runs import check_runs
 
     settings = active.settings
+    helpers_before = context.helper_checks()
+    checked_values = False
 
     def run_once(index: int) -> Mapping[str, Leaf]:
+        nonlocal checked_values
         active.before_body()
         if golden is not None:
             golden.start_run(index)
@@ -55,7 +60,9 @@ def run_ci_mode(
             # warning turned into an error still raises.
             with warnings.catch_warnings(record=True):
                 item.ihook.pytest_pyfunc_call(pyfuncitem=item)
-        return golden.evidence(index) if golden is not None else {}
+        evidence = golden.evidence(index) if golden is not None else {}
+        checked_values = checked_values or bool(evidence)
+        return evidence
 
     # pytest.fail() raises an OutcomeException, a BaseException: a run that fails through
     # it is evidence like any other, while skip/exit/KeyboardInterrupt still propagate.
@@ -66,13 +73,16 @@ def run_ci_mode(
         stochastic=settings.stochastic,
         catch=(Exception, pytest.fail.Exception),
     )
+    checked_values = checked_values or context.helper_checks() != helpers_before
     not_reentrant = is_not_reentrant(verdict)
     record.determinism_tests += 1
     record.probe_runs += 1 if verdict.probe_run else 0
+    record.checked_no_values += 0 if checked_values else 1
     test = record.test(item.nodeid)
     test.seed = settings.seed
     test.runs = runs
     test.probe_run = verdict.probe_run
+    test.checked_values = checked_values
     test.not_reentrant = not_reentrant
     if not_reentrant:
         error = verdict.errors[-1]

@@ -1,4 +1,5 @@
-"""--determinism says what it did: a body that is not re-entrant, warnings once per test."""
+"""--determinism says what it did: a body that is not re-entrant, warnings once per test,
+and the tests whose runs checked no values."""
 
 from __future__ import annotations
 
@@ -55,7 +56,7 @@ def test_a_fixture_patched_in_run_0_is_reported_as_not_reentrant(
             "*This test uses the function-scoped fixture monkeypatch: the likely carrier of "
             "run 0's changes*",
             "  fix: *monkeypatch.context()*",
-            f"determinism: 1 tests x {runs} runs*, 0 nondeterministic*",
+            f"determinism: 1 tests x {runs} runs*, 0 nondeterministic, 1 checked no values",
         ]
     )
     section = _failure_section(result, "test_patch")
@@ -169,7 +170,7 @@ def test_noise():
             "Nondeterministic: run 1 differs from run 0*",
             "  module: <root Noisy>",
             "*likely cause: randomness outside the seeded RNGs*",
-            "determinism: 1 tests x 2 runs, 1 nondeterministic*",
+            "determinism: 1 tests x 2 runs, 1 nondeterministic, 1 checked no values",
         ]
     )
     assert "Not re-entrant" not in result.stdout.str()
@@ -232,3 +233,80 @@ def test_second_run_warns():
     result = run("--determinism")
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(["  run 1 raised UserWarning: again"])
+
+
+VALUES = """
+import pytest
+import torch
+from pytest_determinism import assert_batch_invariant, assert_deterministic
+
+@pytest.mark.deterministic
+def test_golden(golden_tensor):
+    golden_tensor.check(torch.ones(2), name="y")
+
+@pytest.mark.deterministic
+def test_helper():
+    assert_deterministic(lambda: torch.ones(2) * 3)
+
+@pytest.mark.deterministic
+def test_batch():
+    assert_batch_invariant(lambda x: x * 2, torch.ones(2, 3))
+
+@pytest.mark.deterministic
+def test_nothing():
+    torch.ones(2)
+
+def test_fixture_only(determinism):
+    determinism.rng().random()
+
+@pytest.mark.deterministic
+@pytest.mark.parametrize("fails", [True])
+def test_raises_alike(fails):
+    raise ValueError("same every run")
+"""
+
+
+@pytest.mark.parametrize("workers", [(), ("-n", "2")], ids=["one process", "xdist"])
+def test_tests_that_checked_no_values_are_counted(
+    pytester: pytest.Pytester, run, workers: tuple[str, ...]
+) -> None:
+    pytester.makepyfile(test_evidence=VALUES)
+    run("--update-golden", "-p", "no:xdist")
+    report_path = pytester.path / "report.json"
+    result = run(*workers, "--determinism", "--determinism-report", str(report_path))
+    result.assert_outcomes(passed=5, failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "determinism: 6 tests x 2 runs (+1 other-seed run), 0 nondeterministic, "
+            "3 checked no values"
+        ]
+    )
+    report = json.loads(report_path.read_text())
+    jsonschema.validate(report, json.loads(SCHEMA_PATH.read_text()))
+    assert report["summary"]["checked_no_values"] == 3
+    checked = {t["nodeid"].split("::")[1]: t["checked_values"] for t in report["tests"]}
+    assert checked == {
+        "test_golden": True,
+        "test_helper": True,
+        "test_batch": True,
+        "test_nothing": False,
+        "test_fixture_only": False,
+        "test_raises_alike[True]": False,
+    }
+
+
+def test_no_suffix_when_every_test_checked_values(pytester: pytest.Pytester, run) -> None:
+    pytester.makepyfile(
+        test_checked="""
+import pytest
+from pytest_determinism import assert_deterministic
+
+@pytest.mark.deterministic
+def test_helper():
+    assert_deterministic(lambda: 1.5)
+"""
+    )
+    result = run("--determinism")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["determinism: 1 tests x 2 runs*, 0 nondeterministic"])
+    result.stdout.no_fnmatch_line("*checked no values*")
