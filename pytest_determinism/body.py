@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from pytest_determinism.golden.golden_tensor import GoldenTensor
     from pytest_determinism.session import PluginSession
 
-__all__ = ["run_body"]
+__all__ = ["raised_at", "run_body"]
 
 
 def run_body(
@@ -56,8 +56,8 @@ def run_body(
         pytest.fail(explained, pytrace=False)
 
 
-def _location_in(exc: BaseException, item: pytest.Function) -> str:
-    """Where in the test's own file the exception was raised, as a line to append."""
+def raised_at(exc: BaseException, item: pytest.Function) -> str | None:
+    """Where in the test's own file the exception was raised (``file.py:LINE``), if there."""
     test_file = str(item.path)
     where = None
     tb = exc.__traceback__
@@ -65,6 +65,12 @@ def _location_in(exc: BaseException, item: pytest.Function) -> str:
         if tb.tb_frame.f_code.co_filename == test_file:
             where = f"{item.path.name}:{tb.tb_lineno}"
         tb = tb.tb_next
+    return where
+
+
+def _location_in(exc: BaseException, item: pytest.Function) -> str:
+    """Where in the test's own file the exception was raised, as a line to append."""
+    where = raised_at(exc, item)
     return f"\n  (raised at {where})" if where else ""
 
 

@@ -21,7 +21,7 @@ from pytest_determinism.golden.tolerances import resolve_tolerance
 from pytest_determinism.golden.values import Leaf, flatten
 from pytest_determinism.nondeterminism.runs import check_runs
 from pytest_determinism.nondeterminism.torch_errors import explain_torch_error
-from pytest_determinism.state.context import current_seed, tolerance_overrides
+from pytest_determinism.state.context import current_seed, note_helper_check, tolerance_overrides
 
 __all__ = ["assert_batch_invariant", "assert_deterministic"]
 
@@ -54,6 +54,7 @@ def assert_deterministic(
     __tracebackhide__ = True  # a failure points at the caller, not at this helper
     if runs < 1:
         raise ValueError(f"assert_deterministic: runs must be at least 1, got {runs}")
+    note_helper_check()
     if seed is None:
         in_force = current_seed()
         seed = 0 if in_force is None else in_force
@@ -351,6 +352,7 @@ def assert_batch_invariant(
             f"assert_batch_invariant: batch_dim must be >= 0, got {batch_dim} "
             "(count dimensions from the front)"
         )
+    note_helper_check()
     exact = exact and rtol is None and atol is None
     batch = _parse_inputs(inputs, batch_dim, mask_key)
     padded = None if batch.mask is None else int(batch.mask.shape[batch_dim + 1])

@@ -48,6 +48,7 @@ def build_report(record: SessionRecord, options: SessionOptions, exitstatus: int
         "summary": {
             "golden": dict(record.golden),
             "determinism_tests": record.determinism_tests,
+            "checked_no_values": record.checked_no_values,
             "nondeterministic": sorted(record.nondeterministic),
         },
         "tests": [_jsonable(record.tests[nodeid].to_json()) for nodeid in sorted(record.tests)],

@@ -34,6 +34,8 @@ class TestRecord:
     first_diverging_module: str | None = None
     first_diverging_class: str | None = None
     golden_not_written: bool = False
+    checked_values: bool | None = None
+    not_reentrant: bool = False
 
     def to_json(self) -> dict[str, Any]:
         """The test's entry in the CI report."""
@@ -49,6 +51,8 @@ class TestRecord:
             "first_diverging_module": self.first_diverging_module,
             "first_diverging_class": self.first_diverging_class,
             "golden_not_written": self.golden_not_written,
+            "checked_values": self.checked_values,
+            "not_reentrant": self.not_reentrant,
         }
 
     def junit_properties(self) -> list[tuple[str, object]]:
@@ -77,6 +81,7 @@ class SessionRecord:
     not_written: list[str] = field(default_factory=list)
     determinism_tests: int = 0
     probe_runs: int = 0
+    checked_no_values: int = 0
     nondeterministic: list[str] = field(default_factory=list)
     devices: set[str] = field(default_factory=set)
     tests: dict[str, TestRecord] = field(default_factory=dict)
@@ -108,6 +113,7 @@ class SessionRecord:
             "not_written": self.not_written,
             "determinism_tests": self.determinism_tests,
             "probe_runs": self.probe_runs,
+            "checked_no_values": self.checked_no_values,
             "nondeterministic": self.nondeterministic,
             "devices": sorted(self.devices),
             "tests": [t.to_json() for t in self.tests.values()],
@@ -121,6 +127,7 @@ class SessionRecord:
         self.not_written.extend(data["not_written"])
         self.determinism_tests += int(data["determinism_tests"])
         self.probe_runs += int(data["probe_runs"])
+        self.checked_no_values += int(data["checked_no_values"])
         self.nondeterministic.extend(data["nondeterministic"])
         self.devices.update(data["devices"])
         for entry in data["tests"]:

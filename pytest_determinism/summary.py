@@ -62,9 +62,14 @@ def summary_lines(plugin_session: PluginSession, *, verbose: bool) -> Iterator[s
             probe = f" (+1 other-seed run for {record.probe_runs})"
         else:
             probe = ""
+        # Their runs were compared only on whether and what they raised: say so, rather
+        # than let the count of tests suggest more was checked.
+        unchecked = (
+            f", {record.checked_no_values} checked no values" if record.checked_no_values else ""
+        )
         yield (
             f"determinism: {tests} tests x {runs} runs{probe}, "
-            f"{len(record.nondeterministic)} nondeterministic"
+            f"{len(record.nondeterministic)} nondeterministic{unchecked}"
         )
         for nodeid in record.nondeterministic:
             yield f"  nondeterministic {nodeid}"

@@ -258,7 +258,10 @@ def test_count():
     result = pytester.runpytest("-p", "no:randomly", "--determinism", "--determinism-runs", "3")
     result.assert_outcomes(passed=2)
     result.stdout.fnmatch_lines(
-        ["determinism: 1 tests x 3 runs (+1 other-seed run), 0 nondeterministic"]
+        [
+            "determinism: 1 tests x 3 runs (+1 other-seed run), 0 nondeterministic, "
+            "1 checked no values"
+        ]
     )
 
 

@@ -13,6 +13,7 @@ if TYPE_CHECKING:
     from pytest_determinism.nondeterminism.trace import CallRecord, Trace
 
 __all__ = [
+    "agrees_until_stopped",
     "first_output_difference",
     "first_sequence_difference",
     "origin_of",
@@ -26,6 +27,25 @@ def first_sequence_difference(a: Trace, b: Trace) -> int | None:
         if (left.parent, left.qualname, left.cls) != (right.parent, right.qualname, right.cls):
             return left.index
     return None if len(a) == len(b) else min(len(a), len(b))
+
+
+def agrees_until_stopped(a: Trace, b: Trace) -> bool:
+    """Whether ``b`` made ``a``'s module calls, in order, for as long as it made any, each
+    returning identical outputs, or raising on the same positional inputs (the call that
+    ``b`` stopped in): no module behaved differently before ``b`` failed."""
+    if len(b) > len(a):
+        return False
+    for left, right in zip(a.calls, b.calls, strict=False):
+        if (left.parent, left.qualname, left.cls) != (right.parent, right.qualname, right.cls):
+            return False
+        if right.outputs is None:
+            # Keyword arguments are fingerprinted when a call returns, so a call that
+            # raised holds only its positional inputs.
+            if left.inputs[: len(right.inputs)] != right.inputs:
+                return False
+        elif right.outputs != left.outputs:
+            return False
+    return True
 
 
 def first_output_difference(a: Trace, b: Trace, limit: int | None) -> int | None:

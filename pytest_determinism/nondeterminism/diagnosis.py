@@ -20,10 +20,11 @@ cause and fix of a module's own difference :mod:`~pytest_determinism.nondetermin
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from pytest_determinism.nondeterminism.alignment import (
+    agrees_until_stopped,
     first_output_difference,
     first_sequence_difference,
     origin_of,
@@ -63,6 +64,9 @@ class Diagnosis:
     ``fix`` are sentences; ``text`` is the whole account, as the verdict's message quotes it.
     ``source`` is the entry index of the call whose own code made the difference (where to
     look for the op), ``-1`` when it arose outside every module call, ``None`` when unknown.
+    ``calls_agree`` says that the other run made run 0's module calls with identical
+    outputs for as long as it made calls (it may have stopped early, by raising): a
+    failure of that run then did not come from the model.
     """
 
     kind: RunKind
@@ -78,6 +82,7 @@ class Diagnosis:
     fix: str
     text: str
     source: int | None = None
+    calls_agree: bool = False
 
 
 def _label(path: str) -> str:
@@ -121,10 +126,12 @@ def diagnose(first: Trace, other: Trace, *, kind: RunKind, other_name: str = "ru
     split = first_sequence_difference(first, other)
     index = first_output_difference(first, other, split)
     if index is not None:
-        return _diverging_call(pair, index)
-    if split is not None:
-        return _sequence(pair, split)
-    return _nothing(pair)
+        found = _diverging_call(pair, index)
+    elif split is not None:
+        found = _sequence(pair, split)
+    else:
+        found = _nothing(pair)
+    return replace(found, calls_agree=agrees_until_stopped(first, other))
 
 
 def _finish(
