@@ -29,15 +29,20 @@ def test_mae(golden_tensor):
 """
 
 
+def _failing_determinism_output(run) -> str:
+    """Record the goldens, then run --determinism, which must fail: its output."""
+    run("--update-golden", "-q")
+    result = run("--determinism", "-q")
+    result.assert_outcomes(failed=1)
+    return result.stdout.str()
+
+
 def test_vit_mae_random_masking_names_aten_rand_and_the_library_line(
     pytester: pytest.Pytester, run
 ) -> None:
     pytest.importorskip("transformers")
     pytester.makepyfile(test_mae=MAE_TEST)
-    run("--update-golden", "-q")
-    result = run("--determinism", "-q")
-    result.assert_outcomes(failed=1)
-    out = result.stdout.str()
+    out = _failing_determinism_output(run)
     assert "Seed-dependent" in out
     assert "op: aten.rand.default, with identical inputs" in out
     assert (
@@ -71,10 +76,7 @@ def test_functional_dropout_ignoring_training_names_its_line_in_the_test_module(
             golden_tensor.check(model(torch.ones(4, 8)), "out")
         """
     )
-    run("--update-golden", "-q")
-    result = run("--determinism", "-q")
-    result.assert_outcomes(failed=1)
-    out = result.stdout.str()
+    out = _failing_determinism_output(run)
     assert "module: 1" in out
     # On the CPU, dropout in training mode draws its mask with bernoulli_.
     assert "op: aten.bernoulli_.float, with identical inputs" in out
@@ -101,10 +103,7 @@ def test_unseeded_numpy_noise_names_the_line_where_it_enters(
             golden_tensor.check(Noisy()(torch.ones(4, 8)), "out")
         """
     )
-    run("--update-golden", "-q")
-    result = run("--determinism", "-q")
-    result.assert_outcomes(failed=1)
-    out = result.stdout.str()
+    out = _failing_determinism_output(run)
     assert "Nondeterministic: run 1 differs from run 0" in out
     # The op that makes a tensor of NumPy's array is the first to see the new data.
     assert "op: aten.lift_fresh.default, whose inputs already differed" in out
@@ -128,10 +127,7 @@ def test_a_difference_in_the_tests_own_code_gets_the_op_and_the_line(
             golden_tensor.check(out + torch.rand(2, 4, generator=unseeded), "out")
         """
     )
-    run("--update-golden", "-q")
-    result = run("--determinism", "-q")
-    result.assert_outcomes(failed=1)
-    out = result.stdout.str()
+    out = _failing_determinism_output(run)
     assert "outside every module call" in out
     assert "op: aten.rand.generator, with identical inputs" in out
     assert "line: test_own.py:10 in test_own: golden_tensor.check(out + torch.rand(" in out
@@ -157,10 +153,7 @@ def test_a_difference_that_does_not_come_back_is_reported_as_not_reproduced(
             golden_tensor.check(out, "out")
         """
     )
-    run("--update-golden", "-q")
-    result = run("--determinism", "-q")
-    result.assert_outcomes(failed=1)
-    out = result.stdout.str()
+    out = _failing_determinism_output(run)
     assert "Nondeterministic: run 1 differs from run 0" in out
     assert "out: float32[2, 4]: 8 of 8 elements differ, max abs diff 1" in out
     assert "not reproduced: run 0 and run 1 were made again 3 times" in out
