@@ -17,7 +17,7 @@ from the seed is not a false alarm, while every draw inside a forward call comes
 seed. A probe run that makes a different sequence of outermost calls cannot be lined up with
 the reference run, and counts as a divergence (:attr:`SeedProbe.mismatch`).
 
-The probe is an :class:`~pytest_determinism.nondeterminism.trace.OutermostObserver`: pass
+The probe is an :class:`~pytest_determinism.nondeterminism.blocks.OutermostObserver`: pass
 it to :func:`~pytest_determinism.nondeterminism.trace.tracing`, which decides what is
 outermost (and stands an enclosing probe aside while an inner block runs). Calls that
 bypass ``Module.__call__`` (``module.forward(x)``) are not seen, so their draws are not

@@ -31,7 +31,8 @@ from pytest_determinism.golden.compare import Comparison, compare_leaves
 from pytest_determinism.golden.mismatch import format_spot
 from pytest_determinism.golden.tolerances import EXACT
 from pytest_determinism.golden.values import Leaf, bits_equal
-from pytest_determinism.nondeterminism.trace import OUTSIDE, Trace, tracing, watching
+from pytest_determinism.nondeterminism.blocks import watching
+from pytest_determinism.nondeterminism.trace import OUTSIDE, Trace, tracing
 from pytest_determinism.state.rng import (
     capture_rng,
     restore_rng,

@@ -54,8 +54,9 @@ import weakref
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
+from pytest_determinism.nondeterminism.blocks import OutermostObserver, block
 from pytest_determinism.nondeterminism.digest import array_digest, tensor_digest
 from pytest_determinism.nondeterminism.ops import OpRecorder
 from pytest_determinism.state import hooks
@@ -70,7 +71,6 @@ __all__ = [
     "OutermostObserver",
     "Trace",
     "tracing",
-    "watching",
 ]
 
 #: One value inside a call's inputs, outputs or state: ``(path, dtype or type name, shape,
@@ -192,16 +192,6 @@ class Trace:
             last=row[_LAST],
             compiled=row[_COMPILED],
         )
-
-
-class OutermostObserver(Protocol):
-    """Told when an outermost module call starts and ends (the seed probe is one)."""
-
-    def outermost_enter(self, module: Any, number: int) -> None:
-        """Outermost call ``number`` (0, 1, ...) of the block is about to run."""
-
-    def outermost_exit(self, module: Any, number: int) -> None:
-        """Outermost call ``number`` returned or raised."""
 
 
 _PLAIN = (bool, int, float, complex, str, bytes, type(None))
@@ -463,53 +453,6 @@ class _Tracer:
             self.observer.outermost_exit(module, row[_OUTER])
 
 
-class _Watcher:
-    """The outermost calls alone, for an observer (the seed probe) while nothing is traced.
-
-    A passing check runs under this instead of the tracer: one cheap test per module call,
-    no fingerprints. Only the outermost module is followed; a call of that same module
-    nested inside it (recursion) counts as nested.
-    """
-
-    def __init__(self, observer: OutermostObserver) -> None:
-        self.observer = observer
-        self.thread = threading.get_ident()
-        self.outer: Any = None
-        self.depth = 0
-        self.number = 0
-
-    def install(self) -> None:
-        hooks.subscribe(pre=self.enter, post=self.exit)
-
-    def uninstall(self) -> None:
-        hooks.unsubscribe(pre=self.enter, post=self.exit)
-
-    def enter(self, module: Any, args: tuple[Any, ...]) -> None:
-        """Global forward pre-hook: tell the observer when an outermost call starts."""
-        outer = self.outer
-        if outer is not None:
-            if module is outer:
-                self.depth += 1
-            return
-        if _get_ident() != self.thread:
-            return
-        self.outer = module
-        self.depth = 1
-        self.observer.outermost_enter(module, self.number)
-
-    def exit(self, module: Any, args: tuple[Any, ...], *rest: Any) -> None:
-        """Global forward hook (always called): tell the observer when it ends."""
-        if module is not self.outer:
-            return
-        self.depth -= 1
-        if self.depth:
-            return
-        self.outer = None
-        number = self.number
-        self.number = number + 1
-        self.observer.outermost_exit(module, number)
-
-
 #: The ``window`` of :func:`tracing` that records the ops run outside every module call.
 OUTSIDE = -1
 
@@ -580,25 +523,6 @@ class _OpTracer(_Tracer):
         self.sync()
 
 
-# Active blocks, innermost last; only the innermost one has its hooks installed.
-_tracers: list[_Tracer | _Watcher | _Aside] = []
-
-
-@contextmanager
-def _block(tracer: _Tracer | _Watcher | _Aside) -> Iterator[None]:
-    if _tracers:
-        _tracers[-1].uninstall()
-    _tracers.append(tracer)
-    tracer.install()
-    try:
-        yield
-    finally:
-        tracer.uninstall()
-        _tracers.remove(tracer)
-        if _tracers:
-            _tracers[-1].install()
-
-
 @contextmanager
 def tracing(
     observer: OutermostObserver | None = None,
@@ -609,9 +533,9 @@ def tracing(
     """Record every module call made inside the block into the yielded :class:`Trace`.
 
     ``observer`` is told when each outermost call starts and ends (the seed probe). An
-    enclosing ``tracing`` (or :func:`watching`) block records nothing, and its observer
-    hears nothing, until this one ends. No hook remains installed once the outermost block
-    has ended.
+    enclosing block (``tracing``, or :func:`~pytest_determinism.nondeterminism.blocks.
+    watching`) records nothing, and its observer hears nothing, until this one ends. No
+    hook remains installed once the outermost block has ended.
 
     With ``ops``, the torch ops run inside call number ``window`` (its entry index, as in
     :attr:`CallRecord.index`), or outside every module call for :data:`OUTSIDE`, are
@@ -621,42 +545,13 @@ def tracing(
 
     if ops is None:
         tracer = _Tracer(torch, observer)
-        with _block(tracer):
+        with block(tracer):
             yield tracer.trace
         return
     op_tracer = _OpTracer(torch, observer, ops, window)
     op_tracer.sync()
     try:
-        with _block(op_tracer):
+        with block(op_tracer):
             yield op_tracer.trace
     finally:
         op_tracer.close()
-
-
-class _Aside:
-    """A block that hears nothing: it only makes the enclosing one stand aside."""
-
-    def install(self) -> None:
-        """Nothing to install."""
-
-    def uninstall(self) -> None:
-        """Nothing to remove."""
-
-
-@contextmanager
-def watching(observer: OutermostObserver | None) -> Iterator[None]:
-    """Tell ``observer`` when each outermost module call starts and ends, recording
-    nothing: what a passing check needs for the seed probe. Nests like :func:`tracing`.
-
-    With ``observer=None`` nothing is heard, and an enclosing block still stands aside (a
-    helper's runs inside a checked test are its own); with no enclosing block, nothing is
-    installed at all.
-    """
-    if observer is not None:
-        with _block(_Watcher(observer)):
-            yield
-    elif _tracers:
-        with _block(_Aside()):
-            yield
-    else:
-        yield
