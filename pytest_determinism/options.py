@@ -6,7 +6,7 @@ or option and says what to write instead.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -71,26 +71,22 @@ def parse_seed(value: object, what: str, *, text: bool = False) -> int:
 
 def parse_runs(value: object, what: str) -> int:
     """Return ``value`` as a run count of at least 1, or raise ``OptionError``."""
-    try:
-        runs = int(str(value).strip(), 10)
-    except ValueError:
-        raise OptionError(f"{what} must be a whole number of runs, got {value!r}") from None
-    if runs < 1:
-        raise OptionError(f"{what} must be at least 1 (the runs compared), got {runs}")
-    return runs
+    return _positive_count(value, what, "of runs", "1 (the runs compared)")
 
 
 def parse_threads(value: object, what: str) -> int:
     """Return ``value`` as a CPU thread count of at least 1, or raise ``OptionError``."""
+    return _positive_count(value, what, "of CPU threads, e.g. 1,", "1 thread")
+
+
+def _positive_count(value: object, what: str, unit: str, least: str) -> int:
     try:
-        threads = int(str(value).strip(), 10)
+        count = int(str(value).strip(), 10)
     except ValueError:
-        raise OptionError(
-            f"{what} must be a whole number of CPU threads, e.g. 1, got {value!r}"
-        ) from None
-    if threads < 1:
-        raise OptionError(f"{what} must be at least 1 thread, got {threads}")
-    return threads
+        raise OptionError(f"{what} must be a whole number {unit} got {value!r}") from None
+    if count < 1:
+        raise OptionError(f"{what} must be at least {least}, got {count}")
+    return count
 
 
 @dataclass(frozen=True)
@@ -174,29 +170,11 @@ def add_options(parser: pytest.Parser) -> None:
 
 def session_options(config: pytest.Config) -> SessionOptions:
     """The session's options from the command line and the ini file (command line wins)."""
-    seed_option = config.getoption("determinism_seed")
-    seed_ini = config.getini("determinism_seed")
-    if seed_option is not None:
-        seed = parse_seed(seed_option, "--determinism-seed", text=True)
-    elif seed_ini:
-        seed = parse_seed(seed_ini, "ini determinism_seed", text=True)
-    else:
-        seed = 0
-    runs_option = config.getoption("determinism_runs")
-    runs_ini = config.getini("determinism_runs")
-    if runs_option is not None:
-        runs = parse_runs(runs_option, "--determinism-runs")
-    elif runs_ini:
-        runs = parse_runs(runs_ini, "ini determinism_runs")
-    else:
-        runs = 2
-    threads_option = config.getoption("determinism_threads")
-    threads_ini = str(config.getini("determinism_threads") or "").strip()
-    threads = None
-    if threads_option is not None:
-        threads = parse_threads(threads_option, "--determinism-threads")
-    elif threads_ini:
-        threads = parse_threads(threads_ini, "ini determinism_threads")
+    seed = _option_or_ini(
+        config, "determinism_seed", lambda v, what: parse_seed(v, what, text=True)
+    )
+    runs = _option_or_ini(config, "determinism_runs", parse_runs)
+    threads = _option_or_ini(config, "determinism_threads", parse_threads)
     golden_dir_ini = str(config.getini("golden_dir") or "").strip()
     golden_dir = None
     if golden_dir_ini:
@@ -208,14 +186,26 @@ def session_options(config: pytest.Config) -> SessionOptions:
             )
     report = config.getoption("determinism_report")
     return SessionOptions(
-        seed=seed,
-        runs=runs,
+        seed=0 if seed is None else seed,
+        runs=2 if runs is None else runs,
         ci_mode=bool(config.getoption("determinism")),
         update_golden=bool(config.getoption("update_golden")),
         golden_dir=golden_dir,
         report_path=Path(report).resolve() if report else None,
         threads=threads,
     )
+
+
+def _option_or_ini(
+    config: pytest.Config, name: str, parse: Callable[[object, str], int]
+) -> int | None:
+    """The option ``--name`` (dashes) parsed, else the ini key ``name``, else ``None``; the
+    error names whichever was given."""
+    option = config.getoption(name)
+    if option is not None:
+        return parse(option, "--" + name.replace("_", "-"))
+    ini = config.getini(name)
+    return parse(ini, f"ini {name}") if ini else None
 
 
 def parse_golden_tolerances(lines: list[str]) -> dict[str, Tolerance]:
