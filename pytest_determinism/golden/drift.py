@@ -37,6 +37,8 @@ from typing import Any, Literal
 
 import numpy as np
 
+from pytest_determinism.golden.dtypes import DTYPES
+
 __all__ = [
     "PRECISION_ULPS",
     "ROUNDING_ULPS",
@@ -79,22 +81,6 @@ _FORMATS: dict[str, tuple[int, int]] = {
     "complex128": (52, -1022),
 }
 
-# Bits per real number, for the rounding limit (a complex number's parts count alone).
-_WIDTHS = {
-    "float64": 64,
-    "complex128": 64,
-    "float32": 32,
-    "complex64": 32,
-    "float16": 16,
-    "bfloat16": 16,
-    "complex32": 16,
-    "float8_e4m3fn": 8,
-    "float8_e4m3fnuz": 8,
-    "float8_e5m2": 8,
-    "float8_e5m2fnuz": 8,
-    "float8_e8m0fnu": 8,
-}
-
 # The narrower types a dtype's values may have been computed in, fewest mantissa bits
 # first: bfloat16 values in float16's range are float16 values too, and the narrower
 # claim is the more specific one.
@@ -110,7 +96,9 @@ Array = np.ndarray[Any, Any]
 
 def rounding_ulps(dtype: str) -> float:
     """The most ulps of ``dtype`` a difference may span and still be called rounding."""
-    return ROUNDING_ULPS[_WIDTHS[dtype]]
+    info = DTYPES[dtype]
+    # A complex number's parts count alone.
+    return ROUNDING_ULPS[info.itemsize * 8 // (2 if info.kind == "complex" else 1)]
 
 
 def ulp(dtype: str, magnitude: float) -> float:
