@@ -239,3 +239,36 @@ def test_passing_runs_record_nothing(pytester: pytest.Pytester, run) -> None:
     out = result.stdout.str()
     assert "MADE test_passes 0 0" in out
     assert "MADE test_fails 4 2" in out
+
+
+def test_passing_runs_leave_nested_module_calls_without_hooks(
+    pytester: pytest.Pytester, run
+) -> None:
+    # torch runs a module call on its fast path only while no global hook is registered:
+    # inside an outermost call of a passing check, nested calls must find none.
+    pytester.makepyfile(
+        test_fast="""
+        import pytest
+        import torch
+
+        registry = torch.nn.modules.module
+        SEEN = []
+
+        class Inner(torch.nn.Linear):
+            def forward(self, x):
+                SEEN.append(bool(registry._global_forward_pre_hooks))
+                return super().forward(x)
+
+        @pytest.mark.deterministic
+        def test_model(golden_tensor):
+            model = torch.nn.Sequential(Inner(4, 4), torch.nn.Dropout(0.5)).train()
+            golden_tensor.check(model(torch.ones(2, 4)), "out")
+
+        def test_after():
+            # 2 runs and the probe run; the model was switched to eval mode before each.
+            assert SEEN == [False, False, False]
+            assert not registry._global_forward_pre_hooks
+        """
+    )
+    run("--update-golden", "-q", "-W", "ignore")
+    run("--determinism", "-q", "-p", "no:randomly", "-W", "ignore").assert_outcomes(passed=2)

@@ -44,43 +44,34 @@ class Block(Protocol):
 class _Watcher:
     """The outermost calls alone, for an observer (the seed probe) while nothing is traced.
 
-    A passing check runs under this instead of the tracer: one cheap test per module call,
-    no fingerprints. Only the outermost module is followed; a call of that same module
-    nested inside it (recursion) counts as nested.
+    A passing check runs under this instead of the tracer: it hears the outermost calls
+    only, and the module calls nested inside them run without any hook (see
+    :mod:`pytest_determinism.state.hooks`). A call of the outermost module nested inside it
+    (recursion) counts as nested; an outermost call made on another thread is ignored.
     """
 
     def __init__(self, observer: OutermostObserver) -> None:
         self.observer = observer
         self.thread = threading.get_ident()
         self.outer: Any = None
-        self.depth = 0
         self.number = 0
 
     def install(self) -> None:
-        hooks.subscribe(pre=self.enter, post=self.exit)
+        hooks.subscribe_outermost(enter=self.enter, exit=self.exit)
 
     def uninstall(self) -> None:
-        hooks.unsubscribe(pre=self.enter, post=self.exit)
+        hooks.unsubscribe_outermost(enter=self.enter, exit=self.exit)
 
     def enter(self, module: Any, args: tuple[Any, ...]) -> None:
-        """Global forward pre-hook: tell the observer when an outermost call starts."""
-        outer = self.outer
-        if outer is not None:
-            if module is outer:
-                self.depth += 1
-            return
+        """Tell the observer that an outermost call starts."""
         if _get_ident() != self.thread:
             return
         self.outer = module
-        self.depth = 1
         self.observer.outermost_enter(module, self.number)
 
     def exit(self, module: Any, args: tuple[Any, ...], *rest: Any) -> None:
-        """Global forward hook (always called): tell the observer when it ends."""
+        """Tell the observer that it has returned or raised."""
         if module is not self.outer:
-            return
-        self.depth -= 1
-        if self.depth:
             return
         self.outer = None
         number = self.number

@@ -26,6 +26,7 @@ changed.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from pytest_determinism.state.rng import RngState, capture_rng, restore_rng, seed_everything
@@ -36,6 +37,9 @@ __all__ = ["SeedProbe", "probe_seed"]
 _SEED_SPACE = 2**32
 
 
+# Every probe run asks for the same few seeds (seed, call 0, 1, ...), and deriving one
+# through NumPy's SeedSequence costs more than restoring every RNG.
+@functools.lru_cache(maxsize=4096)
 def probe_seed(seed: int, number: int) -> int:
     """The seed every RNG gets when outermost call ``number`` of the probe run starts.
 

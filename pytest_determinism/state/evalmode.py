@@ -1,12 +1,17 @@
 """Running every torch module a test calls in eval mode, and naming the ones that were not.
 
-A global forward pre-hook sees every module call, also inside third-party code. A module
-found in training mode is switched to eval mode (with all its submodules) before its
-forward runs; if it holds stochastic layers in training mode (dropout, DropPath /
-stochastic depth, BatchNorm, ...), the user's own inference code forgot ``model.eval()``
+A global forward pre-hook sees every outermost module call (one made while no other runs),
+also inside third-party code. Before its forward runs, the module and every submodule
+registered under it are looked at: a module found in training mode is switched to eval mode
+(with all its submodules); if it holds stochastic layers in training mode (dropout, DropPath
+/ stochastic depth, BatchNorm, ...), the user's own inference code forgot ``model.eval()``
 and gives a different answer at every call outside the test, so it is named in a
 ``DeterminismWarning`` (or fails the test in strict mode). Every ``training`` flag changed
 is restored when the test ends.
+
+Nested calls are not heard (so they cost nothing, see :mod:`pytest_determinism.state.hooks`):
+a module that is not registered under the module being called (kept in a plain list or
+dict, or held outside the model) and called from inside its forward keeps its mode.
 """
 
 from __future__ import annotations
@@ -92,6 +97,19 @@ def _compiled_inner(module: Any) -> Any:
     return module
 
 
+def _any_training(module: Any) -> bool:
+    """Whether ``module`` or a submodule registered under it is in training mode."""
+    # A plain walk over ``_modules``: Module.modules() builds every qualified name on the
+    # way, several times the cost, at every outermost call.
+    stack = [module]
+    while stack:
+        sub = stack.pop()
+        if sub.training:
+            return True
+        stack.extend(child for child in sub._modules.values() if child is not None)
+    return False
+
+
 _TORCH_DIR = None
 
 
@@ -167,9 +185,9 @@ class EvalModeGuard:
         self._switched: dict[str, list[tuple[str, str, str]]] = {}
 
     def install(self) -> None:
-        """Register the global forward pre-hook (torch must be imported)."""
-        hooks.subscribe(pre=self._pre_hook)
-        self._handle = self._pre_hook
+        """Listen to outermost module calls (torch must be imported)."""
+        hooks.subscribe_outermost(enter=self._enter)
+        self._handle = self._enter
 
     def _qualified_name(self, module: Any) -> str:
         for root in self._roots:
@@ -178,10 +196,21 @@ class EvalModeGuard:
                     return f"{type(root).__name__}.{name}"
         return type(module).__name__
 
-    def _pre_hook(self, module: Any, args: Any) -> None:
-        # The hot path: every module call of the test lands here.
-        if not module.training:
-            return
+    def _enter(self, module: Any, args: Any) -> None:
+        # The hot path: every outermost module call of the test lands here.
+        __tracebackhide__ = True
+        if module.training:
+            self._switch(module, self._qualified_name(module))
+        elif _any_training(module):
+            # A submodule put back in training mode (model.encoder.train()) under a model
+            # in eval mode; after a switch its own submodules are no longer training.
+            root = _compiled_inner(module)
+            prefix = type(root).__name__
+            for name, sub in root.named_modules():
+                if sub.training:
+                    self._switch(sub, f"{prefix}.{name}")
+
+    def _switch(self, module: Any, name: str) -> None:
         __tracebackhide__ = True
         layers = stochastic_layers(module)
         name = self._qualified_name(module)
@@ -211,7 +240,7 @@ class EvalModeGuard:
     def restore(self) -> None:
         """Remove the hook and give every module back the ``training`` flag it had."""
         if self._handle is not None:
-            hooks.unsubscribe(pre=self._handle)
+            hooks.unsubscribe_outermost(enter=self._handle)
             self._handle = None
         for module, training in self._saved.values():
             module.training = training

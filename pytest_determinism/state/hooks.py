@@ -1,8 +1,17 @@
-"""The plugin's one pair of global torch module hooks, shared by eval mode and tracing.
+"""The plugin's one pair of global torch module hooks, shared by eval mode, the probe and tracing.
 
-The eval-mode guard (:mod:`pytest_determinism.state.evalmode`) and the module tracer
-(:mod:`pytest_determinism.nondeterminism.trace`) both need to see every module call. They
-subscribe here instead of registering global hooks of their own, for three reasons that all
+Two kinds of subscriber listen here. Every-call subscribers (the module tracer of
+:mod:`pytest_determinism.nondeterminism.trace`) hear every module call. Outermost
+subscribers (the eval-mode guard of :mod:`pytest_determinism.state.evalmode`, the seed
+probe's watcher) hear only when an outermost call, one made while no other is running,
+starts and ends. While only outermost subscribers listen, the global hooks are taken out of
+torch's dicts for the length of each outermost call and a pair of hooks on that one module
+hears its end: torch runs a module call without hooks on a fast path, and the slow path
+with its hook loops costs several microseconds a call, so a passing check would otherwise pay
+for every module call of every run. That is what makes a passing test under
+``--determinism`` cost its runs and nothing more.
+
+The pair is registered here once instead of afresh per subscriber, for three reasons that all
 come from ``torch.compile``:
 
 - Dynamo traces a module's ``_call_impl``, global hooks included, into the graph it
@@ -21,10 +30,11 @@ come from ``torch.compile``:
   subscriber is active its compiled call is wrapped (:func:`watch_compiled`) to tell the
   subscribers about it from outside. torch's warning that global hooks fire an extra time for
   an ``OptimizedModule`` is about these hooks seeing exactly that boundary, and is silenced
-  while they are attached.
+  while anyone subscribes.
 
 Nothing is registered with torch while nobody subscribes, so unmarked tests run as if the
-plugin were not there.
+plugin were not there. One outermost call is followed at a time: while it runs without the
+global hooks, calls made on other threads are not heard.
 """
 
 from __future__ import annotations
@@ -39,7 +49,9 @@ __all__ = [
     "PostHook",
     "PreHook",
     "subscribe",
+    "subscribe_outermost",
     "unsubscribe",
+    "unsubscribe_outermost",
     "unwatch_compiled",
     "watch_compiled",
 ]
@@ -50,16 +62,29 @@ PreHook = Callable[[Any, tuple[Any, ...]], None]
 #: the forward raised, as an always-called global forward hook with kwargs gets them.
 PostHook = Callable[..., None]
 
-# Subscribers in subscription order (eval mode switches a module before the tracer notes
-# its training flag).
+# Subscribers in subscription order. At an outermost call the outermost ones hear its start
+# before the every-call ones (eval mode switches a model before the tracer notes its
+# training flags) and its end after them.
 _pre: list[PreHook] = []
 _post: list[PostHook] = []
+_enter: list[PreHook] = []
+_exit: list[PostHook] = []
 # torch's keys of the two hooks once registered, kept for re-attaching under the same keys.
 _keys: tuple[int, int] | None = None
+# Someone subscribes (the compile patch and the warning filter are in place) ...
 _attached = False
+# ... and the global hooks are in torch's dicts (not while an outermost call runs without).
+_registered = False
 _warning_filter: tuple[Any, ...] | None = None
 _original_compile: Any = None
 _is_compiling: Callable[[], bool] = lambda: False  # noqa: E731 - replaced once torch is seen
+
+# The outermost call now running: its module, how deep it is in calls of itself, the args
+# tuple it started with, and the hooks on it that hear its end while the global ones are out.
+_outer: Any = None
+_depth = 0
+_entry_args: tuple[Any, ...] | None = None
+_local: tuple[Any, Any] | None = None
 
 # The text of torch's warning in OptimizedModule.__call__ when any global hook exists.
 _OPTIMIZED_MODULE_WARNING = r"Using `torch\.compile\(module\)` when there are global hooks"
@@ -68,8 +93,17 @@ _OPTIMIZED_MODULE_WARNING = r"Using `torch\.compile\(module\)` when there are gl
 def _dispatch_pre(module: Any, args: tuple[Any, ...]) -> None:
     # Dynamo inlines this function into every graph it compiles while attached: returning
     # before anything else leaves nothing of it in the graph.
+    global _depth, _local
     if _is_compiling():
         return
+    if _outer is None:
+        if _open(module, args):
+            _local = (
+                module.register_forward_pre_hook(_local_pre),
+                module.register_forward_hook(_local_post, always_call=True),
+            )
+    elif module is _outer:
+        _depth += 1
     for hook in tuple(_pre):
         hook(module, args)
 
@@ -79,18 +113,93 @@ def _dispatch_post(module: Any, args: tuple[Any, ...], *rest: Any) -> None:
         return
     for hook in tuple(_post):
         hook(module, args, *rest)
+    if module is _outer:
+        _returned(module, args, rest)
 
 
-def _attach(torch: Any) -> None:
-    global _keys, _attached, _warning_filter, _is_compiling
-    _is_compiling = torch.compiler.is_compiling
-    hooks = torch.nn.modules.module
+def _local_pre(module: Any, args: tuple[Any, ...]) -> None:
+    # Hears the outermost module's own nested calls (recursion) while the global hooks are
+    # out. torch collects a call's pre-hooks before running them, so this one, registered
+    # during the outermost call's global pre-hook, is not run for that call; the identity
+    # test keeps the count right should that ever change.
+    global _depth, _entry_args
+    if args is _entry_args:
+        _entry_args = None
+        return
+    _depth += 1
+
+
+def _local_post(module: Any, args: tuple[Any, ...], *rest: Any) -> None:
+    _returned(module, args, rest)
+
+
+def _open(module: Any, args: tuple[Any, ...]) -> bool:
+    """An outermost call starts: tell the outermost subscribers, and take the global hooks
+    out for its length unless an every-call subscriber listens. Whether they were taken out."""
+    global _outer, _depth, _entry_args
+    _outer, _depth, _entry_args = module, 1, args
+    # A subscriber that raises (eval mode's strict error) leaves the global hooks in, so
+    # torch's always-called post-hook still closes the call.
+    for hook in tuple(_enter):
+        hook(module, args)
+    if _pre or _post:
+        return False
+    _unregister()
+    return True
+
+
+def _returned(module: Any, args: tuple[Any, ...], rest: tuple[Any, ...]) -> None:
+    global _depth
+    _depth -= 1
+    if _depth:
+        return
+    _close()
+    for hook in tuple(_exit):
+        hook(module, args, *rest)
+
+
+def _close() -> None:
+    """No outermost call runs any more: drop its hooks, put the global ones back."""
+    global _outer, _depth, _entry_args, _local
+    _outer, _depth, _entry_args = None, 0, None
+    if _local is not None:
+        for handle in _local:
+            handle.remove()
+        _local = None
+    if _attached and not _registered:
+        _register()
+
+
+def _register() -> None:
+    global _keys, _registered
+    hooks = sys.modules["torch"].nn.modules.module
     if _keys is None or not _reattach(hooks, _keys):
         pre = hooks.register_module_forward_pre_hook(_dispatch_pre)
         post = hooks.register_module_forward_hook(
             _dispatch_post, with_kwargs=True, always_call=True
         )
         _keys = (pre.id, post.id)
+    _registered = True
+
+
+def _unregister() -> None:
+    global _registered
+    hooks = sys.modules["torch"].nn.modules.module
+    if _keys is not None:
+        pre, post = _keys
+        hooks._global_forward_pre_hooks.pop(pre, None)
+        for name in (
+            "_global_forward_hooks",
+            "_global_forward_hooks_with_kwargs",
+            "_global_forward_hooks_always_called",
+        ):
+            getattr(hooks, name).pop(post, None)
+    _registered = False
+
+
+def _attach(torch: Any) -> None:
+    global _attached, _warning_filter, _is_compiling
+    _is_compiling = torch.compiler.is_compiling
     _attached = True
     _patch_compile(torch)
     warnings.filterwarnings("ignore", message=_OPTIMIZED_MODULE_WARNING, category=UserWarning)
@@ -144,16 +253,7 @@ def _unpatch_compile(torch: Any) -> None:
 
 def _detach(torch: Any) -> None:
     global _attached, _warning_filter
-    hooks = torch.nn.modules.module
-    if _keys is not None:
-        pre, post = _keys
-        hooks._global_forward_pre_hooks.pop(pre, None)
-        for name in (
-            "_global_forward_hooks",
-            "_global_forward_hooks_with_kwargs",
-            "_global_forward_hooks_always_called",
-        ):
-            getattr(hooks, name).pop(post, None)
+    _unregister()
     _attached = False
     _unpatch_compile(torch)
     if _warning_filter is not None:
@@ -165,18 +265,32 @@ def _detach(torch: Any) -> None:
         _warning_filter = None
 
 
+def _resubscribed() -> None:
+    # Subscribers change between calls (a run starts or ends), or after a forward left by a
+    # BaseException that skipped torch's always-called hooks: whatever outermost call was
+    # being followed is forgotten, and the global hooks are in exactly while anyone listens.
+    torch = sys.modules["torch"]
+    if not (_pre or _post or _enter or _exit):
+        if _attached:
+            _detach(torch)
+            unwatch_compiled()
+        _close()
+        return
+    if not _attached:
+        _attach(torch)
+    _close()
+
+
 def subscribe(pre: PreHook | None = None, post: PostHook | None = None) -> None:
     """Have ``pre`` / ``post`` called at every module call until :func:`unsubscribe`.
 
     torch must be imported. The global hooks are attached with the first subscriber.
     """
-    torch = sys.modules["torch"]
     if pre is not None:
         _pre.append(pre)
     if post is not None:
         _post.append(post)
-    if not _attached:
-        _attach(torch)
+    _resubscribed()
 
 
 def unsubscribe(pre: PreHook | None = None, post: PostHook | None = None) -> None:
@@ -185,9 +299,30 @@ def unsubscribe(pre: PreHook | None = None, post: PostHook | None = None) -> Non
         _pre.remove(pre)
     if post is not None and post in _post:
         _post.remove(post)
-    if _attached and not _pre and not _post:
-        _detach(sys.modules["torch"])
-        unwatch_compiled()
+    _resubscribed()
+
+
+def subscribe_outermost(enter: PreHook | None = None, exit: PostHook | None = None) -> None:
+    """Have ``enter`` called when an outermost module call starts (before its forward
+    runs) and ``exit`` when it has returned or raised, until :func:`unsubscribe_outermost`.
+
+    Calls nested inside an outermost one are not heard, and cost nothing while no
+    every-call subscriber listens. torch must be imported.
+    """
+    if enter is not None:
+        _enter.append(enter)
+    if exit is not None:
+        _exit.append(exit)
+    _resubscribed()
+
+
+def unsubscribe_outermost(enter: PreHook | None = None, exit: PostHook | None = None) -> None:
+    """Stop calling ``enter`` / ``exit``; the global hooks go with the last subscriber."""
+    if enter is not None and enter in _enter:
+        _enter.remove(enter)
+    if exit is not None and exit in _exit:
+        _exit.remove(exit)
+    _resubscribed()
 
 
 # Modules compiled in place whose compiled call is wrapped: id -> (module, original).
@@ -198,8 +333,17 @@ def _boundary(module: Any, compiled: Any) -> Callable[..., Any]:
     @functools.wraps(compiled)
     def call(*args: Any, **kwargs: Any) -> Any:
         # What torch does for an OptimizedModule: the hooks run outside the compiled frame.
+        global _depth
         if not _attached or _is_compiling():
             return compiled(*args, **kwargs)
+        if _outer is None:
+            try:
+                _open(module, args)
+            except BaseException:
+                _close()
+                raise
+        elif module is _outer:
+            _depth += 1
         for hook in tuple(_pre):
             hook(module, args)
         try:
@@ -207,9 +351,13 @@ def _boundary(module: Any, compiled: Any) -> Callable[..., Any]:
         except BaseException:
             for hook in tuple(_post):
                 hook(module, args, None)
+            if module is _outer:
+                _returned(module, args, (None,))
             raise
         for hook in tuple(_post):
             hook(module, args, kwargs, result)
+        if module is _outer:
+            _returned(module, args, (kwargs, result))
         return result
 
     call.__determinism_boundary__ = True  # type: ignore[attr-defined]
