@@ -98,6 +98,9 @@ def run_ci_mode(
     test.verdict = verdict.kind
     test.first_diverging_module = verdict.module
     test.first_diverging_class = verdict.module_class
+    test.first_diverging_op = verdict.op
+    test.source_line = verdict.line
+    test.reproduced = verdict.reproduced
     if not verdict.ok:
         record.nondeterministic.append(item.nodeid)
         pytest.fail(verdict.message, pytrace=False)

@@ -33,6 +33,9 @@ class TestRecord:
     verdict: str | None = None
     first_diverging_module: str | None = None
     first_diverging_class: str | None = None
+    first_diverging_op: str | None = None
+    source_line: str | None = None
+    reproduced: bool | None = None
     golden_not_written: bool = False
     checked_values: bool | None = None
     not_reentrant: bool = False
@@ -50,6 +53,9 @@ class TestRecord:
             "verdict": self.verdict,
             "first_diverging_module": self.first_diverging_module,
             "first_diverging_class": self.first_diverging_class,
+            "first_diverging_op": self.first_diverging_op,
+            "source_line": self.source_line,
+            "reproduced": self.reproduced,
             "golden_not_written": self.golden_not_written,
             "checked_values": self.checked_values,
             "not_reentrant": self.not_reentrant,

@@ -56,6 +56,11 @@ def test_json_report_validates_and_says_what_happened(pytester: pytest.Pytester,
     assert noisy["outcome"] == "failed" and noisy["nondeterministic"] is True
     assert noisy["verdict"] == "repeat"
     assert noisy["first_diverging_module"] and noisy["first_diverging_class"] == "Noisy"
+    # The unseeded NumPy draw enters torch through from_numpy, inside Noisy.forward.
+    assert noisy["reproduced"] is True and noisy["first_diverging_op"].startswith("aten.")
+    assert noisy["source_line"].startswith("test_suite.py:")
+    assert "in forward: return x + torch.from_numpy(" in noisy["source_line"]
+    assert good["reproduced"] is None and good["first_diverging_op"] is None
     assert report["summary"]["nondeterministic"] == ["test_suite.py::test_noisy"]
     assert report["session"]["ci_mode"] is True and report["schema_version"] == 1
 

@@ -160,6 +160,13 @@ def test_inference(golden_tensor):
     )
     output = result.stdout.str()
     assert "_dynamo" not in output and "Dynamo" not in output
+    # Below the module: compiled code runs its ops as one, so the op is not named, and the
+    # report says why and how to see it.
+    assert (
+        "op: not seen: the difference arose inside <root Net>, a compiled module "
+        "(torch.compile), whose ops run as compiled code that cannot be recorded one by one; "
+        "run it uncompiled to see the op and the line"
+    ) in " ".join(output.split())
 
 
 def test_inductor_runs_deterministically_and_is_restored(pytester: pytest.Pytester) -> None:
