@@ -1,0 +1,206 @@
+"""``python -m pytest_determinism audit TARGET``: the audit from target to exit status.
+
+Loads the target (:mod:`~pytest_determinism.audit.target`), checks that the model takes
+its inputs, runs the seven checks (:mod:`~pytest_determinism.audit.checks`) with a
+progress line each on a terminal, prints the verdicts and explanations
+(:mod:`~pytest_determinism.audit.report`), writes the JSON file and the starter test when
+asked. The process is left as it was found: RNG states, torch flags and thread count,
+environment variables, and every module's ``training`` flag.
+
+Exit status: 0 when the checks ``mode`` to ``batch`` find nothing, 1 when one does, 2 on
+bad input (reported on stderr in one message, with the target's own traceback where its
+code raised).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TextIO
+
+__all__ = ["EXIT_BAD_INPUT", "EXIT_FINDING", "EXIT_OK", "add_arguments", "audit"]
+
+EXIT_OK = 0
+EXIT_FINDING = 1
+EXIT_BAD_INPUT = 2
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 2, got {text!r}") from None
+    if value < 2:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 2, got {value}")
+    return value
+
+
+def _seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {value}")
+    return value
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The ``audit`` subcommand's arguments."""
+    parser.add_argument(
+        "target",
+        metavar="TARGET",
+        help="package.module:callable or path/to/file.py:callable returning a model or "
+        "(model, inputs)",
+    )
+    parser.add_argument(
+        "--seed", type=_seed, default=0, help="seed for building the model and every run"
+    )
+    parser.add_argument(
+        "--runs", type=_positive, default=2, help="reseeded runs compared by `repeatable`"
+    )
+    parser.add_argument("--json", metavar="PATH", help="write the verdicts as JSON to PATH")
+    parser.add_argument(
+        "--write-test",
+        metavar="PATH",
+        help="write a starter test module to PATH (never overwritten)",
+    )
+
+
+class _Stop(Exception):
+    """Bad input: one message on stderr, exit status 2."""
+
+
+def _innermost(exc: BaseException) -> str:
+    frames = traceback.extract_tb(exc.__traceback__)
+    if not frames:
+        return ""
+    frame = frames[-1]
+    return f" (at {frame.filename}:{frame.lineno} in {frame.name})"
+
+
+def _validated(subject: Any, describe: str, advice: str) -> None:
+    """One forward pass: the model must take its inputs and give a comparable output."""
+    import torch
+
+    from pytest_determinism.audit.checks import call_model
+    from pytest_determinism.golden.values import flatten
+    from pytest_determinism.state.rng import seed_everything
+
+    seed_everything(subject.seed)
+    try:
+        with torch.no_grad():
+            output = call_model(subject.model, subject.inputs)
+    except Exception as exc:
+        raise _Stop(
+            f"the model rejected its inputs ({describe}): {type(exc).__name__}: "
+            f"{str(exc).splitlines()[0] if str(exc) else ''}{_innermost(exc)}; {advice}"
+        ) from None
+    try:
+        flatten(output)
+    except (TypeError, ValueError) as exc:
+        raise _Stop(
+            f"the model's output cannot be compared: {str(exc).removeprefix('golden_tensor: ')}"
+        ) from None
+
+
+def _run(arguments: argparse.Namespace, out: TextIO) -> int:
+    try:
+        import torch  # noqa: F401 - the audit runs torch models
+    except ImportError:
+        raise _Stop("the audit needs torch, which is not installed") from None
+    from pytest_determinism.audit import checks, report
+    from pytest_determinism.audit.starter import starter_source
+    from pytest_determinism.audit.target import (
+        RETURN_ADVICE,
+        TargetError,
+        describe_inputs,
+        load_target,
+    )
+    from pytest_determinism.state.evalmode import EvalModeGuard
+    from pytest_determinism.state.snapshot import capture, restore
+
+    test_path = None if arguments.write_test is None else Path(arguments.write_test)
+    if test_path is not None:
+        if test_path.exists():
+            raise _Stop(f"{test_path}: already exists; the audit never overwrites a file")
+        if not test_path.parent.is_dir():
+            raise _Stop(f"{test_path}: no folder {str(test_path.parent)!r} to write it in")
+    baseline = capture()
+    guard = EvalModeGuard(strict=False, warn=False)
+    try:
+        try:
+            target = load_target(arguments.target, arguments.seed)
+        except TargetError as exc:
+            raise _Stop(str(exc)) from None
+        subject = checks.Subject(
+            target.model, target.inputs, arguments.seed, arguments.runs, os.getcwd()
+        )
+        # The model as built, before anything switches it.
+        mode = checks.mode(subject)
+        guard.switch_to_eval(target.model)
+        inputs_text = describe_inputs(target.inputs)
+        _validated(subject, inputs_text, RETURN_ADVICE.replace("from it", f"from {target.spec}"))
+        model_name = type(target.model).__name__
+        header = f"audit {target.spec}: {model_name}, inputs {inputs_text}"
+        if target.inferred_from is not None:
+            header += f" (inferred from {target.inferred_from})"
+        out.write(header + "\n")
+        progress = report.Progress(out)
+        progress.done(mode)
+        findings = [mode]
+        steps: list[tuple[str, Callable[[], checks.Finding]]] = [
+            ("repeatable", lambda: checks.repeatable(subject)),
+            ("seed", lambda: checks.seed(subject, findings[1])),
+            ("kernels", lambda: checks.kernels(subject)),
+            ("batch", lambda: checks.batch(subject, findings)),
+            ("threads", lambda: checks.threads(subject)),
+            ("precision", lambda: checks.precision(subject)),
+        ]
+        for name, step in steps:
+            progress.start(name)
+            finding = step()
+            findings.append(finding)
+            progress.done(finding)
+        found = any(f.verdict == "finding" and f.name not in checks.INFORMATION for f in findings)
+        status = EXIT_FINDING if found else EXIT_OK
+        if arguments.json is not None:
+            document = report.json_document(target.spec, model_name, inputs_text, findings, status)
+            try:
+                report.write_json(Path(arguments.json), document)
+            except OSError as exc:
+                raise _Stop(
+                    f"{arguments.json}: cannot be written ({exc.strerror or exc})"
+                ) from None
+        if test_path is not None:
+            try:
+                with test_path.open("x", encoding="utf-8") as file:
+                    file.write(starter_source(target, arguments.seed, test_path))
+            except OSError as exc:
+                raise _Stop(f"{test_path}: cannot be written ({exc.strerror or exc})") from None
+            out.write(
+                f"wrote {test_path}: record its golden with `pytest {test_path} "
+                f"--update-golden`, then run `pytest {test_path} --determinism`"
+                + (" (it fails there until the findings above are fixed)" if found else "")
+                + "\n"
+            )
+        out.write(report.summary_line(findings, status))
+        return status
+    finally:
+        guard.restore()
+        restore(baseline)
+
+
+def audit(arguments: argparse.Namespace, out: TextIO) -> int:
+    """Run the audit the parsed ``arguments`` ask for, printing to ``out``; returns the exit
+    status. Bad input is one message on stderr (exit status 2)."""
+    try:
+        return _run(arguments, out)
+    except _Stop as exc:
+        out.flush()
+        sys.stderr.write(f"pytest_determinism: error: {exc}\n")
+        return EXIT_BAD_INPUT
