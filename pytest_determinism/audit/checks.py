@@ -1,4 +1,4 @@
-"""The seven checks of the audit, each a :class:`Finding` with its verdict.
+"""The seven checks of the audit, each a :class:`CheckResult` with its verdict.
 
 Each check composes an engine the plugin uses inside tests (the run checker and its seed
 probe, the batch-invariance engine, the drift kinds, the eval-mode switch's train-mode
@@ -37,8 +37,8 @@ from pytest_determinism.state.snapshot import apply_deterministic_settings, capt
 
 __all__ = [
     "INFORMATION",
-    "Finding",
-    "Outcome",
+    "CheckResult",
+    "CheckVerdict",
     "Subject",
     "batch",
     "call_model",
@@ -51,19 +51,20 @@ __all__ = [
 ]
 
 #: A check's verdict: ``finding`` makes the exit status 1; ``info`` never does.
-Outcome = Literal["ok", "finding", "info", "skipped"]
+CheckVerdict = Literal["ok", "finding", "info", "skipped"]
 
 #: The checks that only inform: they never make the exit status 1.
 INFORMATION = ("threads", "precision")
 
 
 @dataclass
-class Finding:
-    """One check's outcome: its ``verdict``, a one-line ``summary``, ``details`` for the
-    JSON file, and under a finding the full ``explanation`` (empty otherwise)."""
+class CheckResult:
+    """What one check came to: its ``verdict``, a one-line ``summary``, ``details`` for the
+    JSON file, and the full ``explanation`` under a finding (for information, what the
+    difference means; empty otherwise)."""
 
     name: str
-    verdict: Outcome
+    verdict: CheckVerdict
     summary: str
     details: dict[str, Any] = field(default_factory=dict)
     explanation: str = ""
@@ -108,7 +109,7 @@ def _seeded_leaves(subject: Subject, model: Any = None, inputs: Any = None) -> d
 # 1. mode
 
 
-def mode(subject: Subject) -> Finding:
+def mode(subject: Subject) -> CheckResult:
     """The model as built: in training mode with stochastic layers is a finding (call this
     before the model is switched to eval mode)."""
     model = subject.model
@@ -121,7 +122,7 @@ def mode(subject: Subject) -> Finding:
         name = type(model).__name__
         shown = ", ".join(f"{qual} ({cls})" for qual, cls, _ in layers[:3])
         more = f" and {len(layers) - 3} more" if len(layers) > 3 else ""
-        return Finding(
+        return CheckResult(
             "mode",
             "finding",
             f"built in training mode with stochastic layers: {shown}{more}; call model.eval()",
@@ -135,7 +136,7 @@ def mode(subject: Subject) -> Finding:
         summary = "built in training mode, but no layer acts differently there"
     else:
         summary = "built in eval mode"
-    return Finding("mode", "ok", summary + "; the checks run in eval mode", details)
+    return CheckResult("mode", "ok", summary + "; the checks run in eval mode", details)
 
 
 # --------------------------------------------------------------------------------------
@@ -168,7 +169,7 @@ def _evidence(subject: Subject) -> Callable[[int], Mapping[str, Leaf]]:
     return lambda _index: flatten(_forward(subject))
 
 
-def repeatable(subject: Subject) -> Finding:
+def repeatable(subject: Subject) -> CheckResult:
     """``--runs`` runs reseeded alike must give bitwise-identical outputs."""
     verdict = check_runs(
         _evidence(subject),
@@ -178,13 +179,13 @@ def repeatable(subject: Subject) -> Finding:
         rootdir=subject.rootdir,
     )
     if verdict.ok:
-        return Finding(
+        return CheckResult(
             "repeatable",
             "ok",
             f"{subject.runs} runs reseeded with seed {subject.seed} are bitwise identical",
             _run_details(verdict),
         )
-    return Finding(
+    return CheckResult(
         "repeatable",
         "finding",
         f"run {verdict.diverging_run} differs from run 0, reseeded alike{_where(verdict)}",
@@ -193,10 +194,10 @@ def repeatable(subject: Subject) -> Finding:
     )
 
 
-def seed(subject: Subject, repeat: Finding) -> Finding:
+def seed(subject: Subject, repeat: CheckResult) -> CheckResult:
     """The seed probe: forward-pass draws from another seed must change nothing."""
     if repeat.verdict == "finding":
-        return Finding(
+        return CheckResult(
             "seed",
             "skipped",
             "not asked: runs reseeded alike already differ, so another seed's difference "
@@ -206,13 +207,13 @@ def seed(subject: Subject, repeat: Finding) -> Finding:
         _evidence(subject), runs=1, seed=subject.seed, stochastic=False, rootdir=subject.rootdir
     )
     if verdict.ok:
-        return Finding(
+        return CheckResult(
             "seed",
             "ok",
             "draws from another seed inside forward calls change nothing",
             _run_details(verdict),
         )
-    return Finding(
+    return CheckResult(
         "seed",
         "finding",
         f"the output depends on random draws inside forward calls{_where(verdict)}",
@@ -264,7 +265,7 @@ def _function_at(filename: str, lineno: int) -> str:
     return "?"
 
 
-def kernels(subject: Subject) -> Finding:
+def kernels(subject: Subject) -> CheckResult:
     """The model under ``torch.use_deterministic_algorithms(True)``: ops without a
     deterministic implementation are named, with the module, the line and the choices."""
     alerts: dict[str, _Alert] = {}
@@ -317,7 +318,7 @@ def kernels(subject: Subject) -> Finding:
     if error is not None:
         details["error"] = f"{type(error).__name__}: {error}"
         explanation = explain_torch_error(error) or ""
-        return Finding(
+        return CheckResult(
             "kernels",
             "finding",
             f"raised under deterministic algorithms: {type(error).__name__}: "
@@ -326,7 +327,7 @@ def kernels(subject: Subject) -> Finding:
             f"{type(error).__name__}: {error}\n{explanation}".rstrip(),
         )
     if not alerts:
-        return Finding(
+        return CheckResult(
             "kernels", "ok", "runs under torch.use_deterministic_algorithms(True)", details
         )
     lines = []
@@ -338,7 +339,7 @@ def kernels(subject: Subject) -> Finding:
             lines.append(f"  line: {alert.line}")
         lines.append("  " + alert.explanation.replace("\n", "\n  "))
     ops = ", ".join(alerts)
-    return Finding(
+    return CheckResult(
         "kernels",
         "finding",
         f"no deterministic implementation: {ops}",
@@ -375,7 +376,7 @@ def _padded(inputs: Any) -> bool:
     return bool(mask is not None and hasattr(mask, "all") and not mask.all())
 
 
-def batch(subject: Subject, earlier: Sequence[Finding]) -> Finding:
+def batch(subject: Subject, earlier: Sequence[CheckResult]) -> CheckResult:
     """Each sample alone against its row of the batched output, bitwise (alone without its
     padding when the inputs hold an attention mask with padding). Not asked when runs
     already differ reseeded alike or with the seed: a sample's difference would say
@@ -384,7 +385,7 @@ def batch(subject: Subject, earlier: Sequence[Finding]) -> Finding:
         f.name for f in earlier if f.name in ("repeatable", "seed") and f.verdict == "finding"
     ]
     if random:
-        return Finding(
+        return CheckResult(
             "batch",
             "skipped",
             f"not asked: the outputs already change from run to run ({random[0]}), so a "
@@ -404,9 +405,9 @@ def batch(subject: Subject, earlier: Sequence[Finding]) -> Finding:
             who="batch",
         )
     except (TypeError, ValueError) as exc:
-        return Finding("batch", "skipped", str(exc).removeprefix("batch: "))
+        return CheckResult("batch", "skipped", str(exc).removeprefix("batch: "))
     if report.size < 2:
-        return Finding(
+        return CheckResult(
             "batch",
             "skipped",
             "the inputs hold one sample; return inputs with two or more to check batch invariance",
@@ -429,7 +430,7 @@ def batch(subject: Subject, earlier: Sequence[Finding]) -> Finding:
     }
     alone = "alone without its padding" if _padded(subject.inputs) else "alone"
     if report.ok:
-        return Finding(
+        return CheckResult(
             "batch",
             "ok",
             f"{report.size} samples: each {alone} equals its row of the batch, bitwise",
@@ -446,7 +447,7 @@ def batch(subject: Subject, earlier: Sequence[Finding]) -> Finding:
         for s in differing[:3]
     )
     more = f" and {len(differing) - 3} more" if len(differing) > 3 else ""
-    return Finding(
+    return CheckResult(
         "batch",
         "finding",
         f"{len(differing)} of {report.size} samples differ {alone} from their rows of the "
@@ -493,13 +494,13 @@ def _key_details(comparisons: Mapping[str, Comparison]) -> dict[str, Any]:
     }
 
 
-def threads(subject: Subject) -> Finding:
+def threads(subject: Subject) -> CheckResult:
     """One CPU thread against the default count: equal, or the drift kind and ulps."""
     import torch
 
     default = int(torch.get_num_threads())
     if default == 1:
-        return Finding(
+        return CheckResult(
             "threads", "skipped", "torch uses one CPU thread here already: nothing to compare"
         )
     many = _seeded_leaves(subject)
@@ -512,13 +513,13 @@ def threads(subject: Subject) -> Finding:
     details: dict[str, Any] = {"threads": [1, default], "equal": result.passed}
     worst = _worst(result.comparisons)
     if worst is None:
-        return Finding("threads", "info", f"1 thread vs {default}: equal, bitwise", details)
+        return CheckResult("threads", "info", f"1 thread vs {default}: equal, bitwise", details)
     details["keys"] = _key_details(result.comparisons)
     key, comparison = worst
     explanation = ""
     if comparison.drift is not None:
         explanation = f"{key or '(output)'}: " + comparison.drift.describe(comparison.golden_dtype)
-    return Finding(
+    return CheckResult(
         "threads",
         "info",
         f"1 thread vs {default}: {_kind_text(key, comparison)}",
@@ -534,7 +535,7 @@ def _as_float32(leaf: Leaf) -> Leaf:
     return Leaf("float32", leaf.shape, np.ascontiguousarray(data), leaf.device)
 
 
-def precision(subject: Subject) -> Finding:
+def precision(subject: Subject) -> CheckResult:
     """A bfloat16 copy of the model against the float32 model: the drift kind, the largest
     relative difference, and whether the default bfloat16 tolerance holds."""
     import torch
@@ -543,12 +544,12 @@ def precision(subject: Subject) -> Finding:
     floating = {d for d in dtypes if d.startswith(("float", "bfloat"))}
     if floating != {"float32"}:
         what = ", ".join(sorted(floating)) or "no floating parameters"
-        return Finding("precision", "skipped", f"the model is not float32 ({what})")
+        return CheckResult("precision", "skipped", f"the model is not float32 ({what})")
     tolerance = default_tolerance("bfloat16")
     try:
         low = copy.deepcopy(subject.model).to(torch.bfloat16)
     except Exception as exc:
-        return Finding(
+        return CheckResult(
             "precision", "skipped", f"the model cannot be copied: {type(exc).__name__}: {exc}"
         )
 
@@ -568,7 +569,7 @@ def precision(subject: Subject) -> Finding:
     try:
         lowered = _seeded_leaves(subject, low, low_inputs)
     except Exception as exc:
-        return Finding(
+        return CheckResult(
             "precision",
             "info",
             f"the bfloat16 copy raised {type(exc).__name__}: {str(exc).splitlines()[0][:120]}",
@@ -583,7 +584,7 @@ def precision(subject: Subject) -> Finding:
     }
     compared = {key: reference[key] for key in pairs}
     if not pairs:
-        return Finding("precision", "skipped", "no float32 output to compare")
+        return CheckResult("precision", "skipped", "no float32 output to compare")
     exact = compare_leaves(pairs, compared, lambda _leaf: EXACT)
     loose = compare_leaves(pairs, compared, lambda _leaf: tolerance)
     holds = loose.passed
@@ -596,7 +597,7 @@ def precision(subject: Subject) -> Finding:
     verdict_text = "holds" if holds else "does not hold"
     rule = f"the default bfloat16 tolerance ({tolerance.describe()}) {verdict_text}"
     if worst is None:
-        return Finding("precision", "info", f"bfloat16 copy: equal to float32; {rule}", details)
+        return CheckResult("precision", "info", f"bfloat16 copy: equal to float32; {rule}", details)
     key, comparison = worst
     rel = [c.max_rel_diff for c in exact.comparisons.values() if c.max_rel_diff is not None]
     largest = max(rel) if rel else None
@@ -616,7 +617,7 @@ def precision(subject: Subject) -> Finding:
             + "; a golden recorded in float32 fails against this model run in bfloat16 "
             "unless the check passes its own rtol / atol"
         )
-    return Finding(
+    return CheckResult(
         "precision",
         "info",
         f"bfloat16 copy against float32: {kind}, largest relative difference "

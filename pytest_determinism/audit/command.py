@@ -153,7 +153,7 @@ def _run(arguments: argparse.Namespace, out: TextIO) -> int:
         progress = report.Progress(out)
         progress.done(mode)
         findings = [mode]
-        steps: list[tuple[str, Callable[[], checks.Finding]]] = [
+        steps: list[tuple[str, Callable[[], checks.CheckResult]]] = [
             ("repeatable", lambda: checks.repeatable(subject)),
             ("seed", lambda: checks.seed(subject, findings[1])),
             ("kernels", lambda: checks.kernels(subject)),

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-from pytest_determinism.audit.checks import Finding
+from pytest_determinism.audit.checks import CheckResult
 
 __all__ = ["Progress", "json_document", "summary_line", "verdict_lines", "write_json"]
 
@@ -17,7 +17,7 @@ _NAME_WIDTH = 11
 _VERDICT_WIDTH = 9
 
 
-def verdict_lines(finding: Finding) -> str:
+def verdict_lines(finding: CheckResult) -> str:
     """The check's verdict line and, under a finding (or information with more to say),
     its explanation indented below it."""
     text = f"  {finding.name:<{_NAME_WIDTH}}{finding.verdict:<{_VERDICT_WIDTH}}{finding.summary}\n"
@@ -26,7 +26,7 @@ def verdict_lines(finding: Finding) -> str:
     return text
 
 
-def summary_line(findings: Sequence[Finding], status: int) -> str:
+def summary_line(findings: Sequence[CheckResult], status: int) -> str:
     """The last line: how many findings, and the exit status they give."""
     count = sum(1 for finding in findings if finding.verdict == "finding")
     if not count:
@@ -50,7 +50,7 @@ class Progress:
             self.out.write(f"audit: {name} ...")
             self.out.flush()
 
-    def done(self, finding: Finding) -> None:
+    def done(self, finding: CheckResult) -> None:
         """Replace the progress line with the check's verdict (and explanation)."""
         if self.live:
             self.out.write("\r\x1b[K")
@@ -70,7 +70,7 @@ def _plain(value: Any) -> Any:
 
 
 def json_document(
-    target: str, model: str, inputs: str, findings: Sequence[Finding], status: int
+    target: str, model: str, inputs: str, findings: Sequence[CheckResult], status: int
 ) -> dict[str, Any]:
     """``{"target", "model", "inputs", "exit_status", "checks": [{"name", "verdict",
     "summary", "details"}]}``; a finding's explanation is in its details."""

@@ -30,10 +30,6 @@ def _import_lines(target: Target, test_path: Path) -> list[str]:
     except ValueError:  # another drive on Windows
         where = f"Path({str(resolved)!r})"
     return [
-        "import importlib.util",
-        "import sys",
-        "from pathlib import Path",
-        "",
         f"_TARGET = {where}",
         "# The target imports its neighbours as a script run from its folder would.",
         "sys.path.insert(0, str(_TARGET.parent))",
@@ -63,6 +59,11 @@ def starter_source(target: Target, seed: int, test_path: Path) -> str:
         f"it with `pytest {test_path.as_posix()} --determinism` (in CI).",
         '"""',
         "",
+        *(
+            []
+            if target.module is not None
+            else ["import importlib.util", "import sys", "from pathlib import Path", ""]
+        ),
         "import pytest",
         "import torch",
         "",
