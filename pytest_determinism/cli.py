@@ -48,7 +48,7 @@ class _Parser(argparse.ArgumentParser):
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="python -m pytest_determinism",
-        description="Inspect pytest-determinism golden files (safetensors).",
+        description="Inspect pytest-determinism golden files (safetensors); audit a model.",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     show = commands.add_parser("show", help="keys, dtypes, shapes, statistics and metadata")

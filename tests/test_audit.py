@@ -20,6 +20,7 @@ from pytest_determinism.state.snapshot import capture
 transformers = pytest.importorskip("transformers")
 
 MODELS = """
+import numpy as np
 import torch
 import transformers
 
@@ -100,6 +101,53 @@ def raising():
 
 def _load_checkpoint():
     raise FileNotFoundError("weights.bin is not there")
+
+
+class Unseeded(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = torch.nn.Linear(4, 4)
+
+    def forward(self, x):
+        noise = torch.from_numpy(np.random.default_rng().standard_normal(4)).float()
+        return self.lin(x) + noise  # NOISE LINE
+
+
+def unseeded():
+    return Unseeded()
+
+
+class Total(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.scale = torch.nn.Parameter(torch.ones(1))
+
+    def forward(self, x):
+        return (x * self.scale).sum()
+
+
+def big_sum():
+    return Total(), torch.randn(2, 1 << 19)
+
+
+class Squeezing(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = torch.nn.Linear(4, 4)
+
+    def forward(self, x):
+        out = self.lin(x).squeeze()
+        return out.reshape(2, 4)
+
+
+def squeezing():
+    return Squeezing()
+
+
+def lazy_neighbour():
+    import neighbour
+
+    return neighbour.build()
 
 
 SHARED = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Dropout(0.5))
@@ -208,6 +256,51 @@ def test_unsupported_kernel_is_named_with_module_and_line(models: Path) -> None:
     assert f"models.py:{line} in forward: out.put_(" in text
     assert "module: Put (Put)" in text
     assert "replace put_ with" in text
+
+
+def test_randomness_outside_the_seeded_rngs_is_a_repeatable_finding(models: Path) -> None:
+    status, text = _audit(f"{models}:unseeded")
+    assert status == 1
+    repeatable = _line(text, "repeatable")
+    assert "finding  run 1 differs from run 0, reseeded alike" in repeatable
+    assert "Nondeterministic: run 1 differs from run 0" in text
+    assert "noise = torch.from_numpy(np.random.default_rng()" in text
+    assert "skipped  not asked: runs reseeded alike already differ" in _line(text, "seed")
+    for check in ("batch", "threads", "precision"):
+        assert "skipped  not asked: the outputs already change" in _line(text, check)
+
+
+def test_thread_count_drift_is_information_with_kind_and_ulps(models: Path) -> None:
+    status, text = _audit(f"{models}:big_sum")
+    threads = _line(text, "threads")
+    if torch.get_num_threads() == 1:
+        assert "skipped  torch uses one CPU thread here already" in threads
+    else:
+        assert "info" in threads
+        assert "equal, bitwise" in threads or "rounding (" in threads
+    # An output without the batch dimension: nothing to compare per sample.
+    assert "skipped  no output has the batch dimension 0 of size 2" in _line(text, "batch")
+    assert status == 0
+
+
+def test_a_model_raising_during_a_check_is_a_finding_there(models: Path) -> None:
+    status, text = _audit(f"{models}:squeezing")
+    assert status == 1
+    batch = _line(text, "batch")
+    assert "finding  the model raised RuntimeError during this check" in batch
+    assert "in forward\n" in text
+    assert "_call_impl" not in text
+
+
+def test_a_file_target_imports_its_neighbours_while_it_runs(models: Path) -> None:
+    (models.parent / "neighbour.py").write_text(
+        "import torch\n\ndef build():\n    return torch.nn.Linear(3, 2)\n", encoding="utf-8"
+    )
+    entries = list(sys.path)
+    _, text = _audit(f"{models}:lazy_neighbour")
+    assert "Linear, inputs float32[2, 3] (inferred from its first layer Linear (Linear))" in text
+    assert sys.path == entries
+    sys.modules.pop("neighbour", None)
 
 
 def test_one_sample_skips_the_batch_check(models: Path) -> None:

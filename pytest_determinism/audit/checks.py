@@ -45,6 +45,7 @@ __all__ = [
     "kernels",
     "mode",
     "precision",
+    "random_outputs",
     "repeatable",
     "seed",
     "threads",
@@ -376,21 +377,26 @@ def _padded(inputs: Any) -> bool:
     return bool(mask is not None and hasattr(mask, "all") and not mask.all())
 
 
-def batch(subject: Subject, earlier: Sequence[CheckResult]) -> CheckResult:
-    """Each sample alone against its row of the batched output, bitwise (alone without its
-    padding when the inputs hold an attention mask with padding). Not asked when runs
-    already differ reseeded alike or with the seed: a sample's difference would say
-    nothing more."""
+def random_outputs(name: str, earlier: Sequence[CheckResult]) -> CheckResult | None:
+    """``batch``, ``threads`` and ``precision`` compare two ways of computing one output;
+    where runs already differ reseeded alike or with the seed, any such difference would be
+    that randomness again: the check is skipped, saying so (``None`` otherwise)."""
     random = [
         f.name for f in earlier if f.name in ("repeatable", "seed") and f.verdict == "finding"
     ]
-    if random:
-        return CheckResult(
-            "batch",
-            "skipped",
-            f"not asked: the outputs already change from run to run ({random[0]}), so a "
-            "sample alone would differ whatever the batch",
-        )
+    if not random:
+        return None
+    return CheckResult(
+        name,
+        "skipped",
+        f"not asked: the outputs already change from run to run ({random[0]}), so any "
+        "difference here would be that again",
+    )
+
+
+def batch(subject: Subject) -> CheckResult:
+    """Each sample alone against its row of the batched output, bitwise (alone without its
+    padding when the inputs hold an attention mask with padding)."""
 
     def one_call(*args: Any, **kwargs: Any) -> Any:
         # Every call starts from the seed, as every run does.
@@ -584,7 +590,12 @@ def precision(subject: Subject) -> CheckResult:
     }
     compared = {key: reference[key] for key in pairs}
     if not pairs:
-        return CheckResult("precision", "skipped", "no float32 output to compare")
+        return CheckResult(
+            "precision",
+            "skipped",
+            "the bfloat16 copy gives no bfloat16 output to set against a float32 one (an "
+            "output computed in float32 or wider whatever the model's dtype)",
+        )
     exact = compare_leaves(pairs, compared, lambda _leaf: EXACT)
     loose = compare_leaves(pairs, compared, lambda _leaf: tolerance)
     holds = loose.passed

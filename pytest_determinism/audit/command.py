@@ -71,6 +71,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+# The checks that compare two ways of computing one output.
+_COMPARING = ("batch", "threads", "precision")
+
+
 class _Stop(Exception):
     """Bad input: one message on stderr, exit status 2."""
 
@@ -81,6 +85,22 @@ def _innermost(exc: BaseException) -> str:
         return ""
     frame = frames[-1]
     return f" (at {frame.filename}:{frame.lineno} in {frame.name})"
+
+
+def _raised_in(name: str, exc: Exception) -> Any:
+    """A check during which the model raised: a finding (information for the checks that
+    only inform), with the model's traceback."""
+    from pytest_determinism.audit.checks import INFORMATION, CheckResult
+    from pytest_determinism.audit.target import user_traceback
+
+    first = str(exc).splitlines()[0] if str(exc) else ""
+    return CheckResult(
+        name,
+        "info" if name in INFORMATION else "finding",
+        f"the model raised {type(exc).__name__} during this check: {first[:120]}",
+        {"error": f"{type(exc).__name__}: {exc}"},
+        user_traceback(exc),
+    )
 
 
 def _validated(subject: Any, describe: str, advice: str) -> None:
@@ -119,6 +139,7 @@ def _run(arguments: argparse.Namespace, out: TextIO) -> int:
         RETURN_ADVICE,
         TargetError,
         describe_inputs,
+        forget_path,
         load_target,
     )
     from pytest_determinism.state.evalmode import EvalModeGuard
@@ -132,6 +153,7 @@ def _run(arguments: argparse.Namespace, out: TextIO) -> int:
             raise _Stop(f"{test_path}: no folder {str(test_path.parent)!r} to write it in")
     baseline = capture()
     guard = EvalModeGuard(strict=False, warn=False)
+    target = None
     try:
         try:
             target = load_target(arguments.target, arguments.seed)
@@ -157,13 +179,21 @@ def _run(arguments: argparse.Namespace, out: TextIO) -> int:
             ("repeatable", lambda: checks.repeatable(subject)),
             ("seed", lambda: checks.seed(subject, findings[1])),
             ("kernels", lambda: checks.kernels(subject)),
-            ("batch", lambda: checks.batch(subject, findings)),
+            ("batch", lambda: checks.batch(subject)),
             ("threads", lambda: checks.threads(subject)),
             ("precision", lambda: checks.precision(subject)),
         ]
         for name, step in steps:
+            skipped = checks.random_outputs(name, findings) if name in _COMPARING else None
+            if skipped is not None:
+                findings.append(skipped)
+                progress.done(skipped)
+                continue
             progress.start(name)
-            finding = step()
+            try:
+                finding = step()
+            except Exception as exc:
+                finding = _raised_in(name, exc)
             findings.append(finding)
             progress.done(finding)
         found = any(f.verdict == "finding" and f.name not in checks.INFORMATION for f in findings)
@@ -193,6 +223,8 @@ def _run(arguments: argparse.Namespace, out: TextIO) -> int:
     finally:
         guard.restore()
         restore(baseline)
+        if target is not None:
+            forget_path(target.path_entry)
 
 
 def audit(arguments: argparse.Namespace, out: TextIO) -> int:

@@ -23,7 +23,14 @@ from typing import Any
 
 from pytest_determinism.state.rng import seed_everything
 
-__all__ = ["Target", "TargetError", "describe_inputs", "load_target", "user_traceback"]
+__all__ = [
+    "Target",
+    "TargetError",
+    "describe_inputs",
+    "forget_path",
+    "load_target",
+    "user_traceback",
+]
 
 #: Samples and tokens of inferred inputs: two samples, so the batch check has a batch.
 BATCH = 2
@@ -49,7 +56,9 @@ class Target:
     ``spec`` is the target as written; ``module`` the importable module name (``None`` for a
     file target) or ``path`` the file; ``name`` the callable's name. ``inputs_code`` is the
     expression the inputs were inferred from (``None`` when the callable returned them),
-    ``inferred_from`` says from what.
+    ``inferred_from`` says from what. ``path_entry`` is the folder a file target put first
+    on ``sys.path`` so its neighbours import as from a script there, also when the callable
+    or its forward pass imports lazily; :func:`forget_path` takes it off again.
     """
 
     spec: str
@@ -60,6 +69,7 @@ class Target:
     inputs: Any
     inputs_code: str | None = None
     inferred_from: str | None = None
+    path_entry: str | None = None
 
 
 def _own_dir() -> str:
@@ -67,16 +77,26 @@ def _own_dir() -> str:
 
 
 def user_traceback(exc: BaseException) -> str:
-    """``exc`` formatted as Python would, without this package's or importlib's frames."""
+    """``exc`` formatted as Python would, without this package's or importlib's frames nor
+    torch's module-call wrappers."""
     own = _own_dir()
     formatted = traceback.TracebackException.from_exception(exc)
     kept = [
         frame
         for frame in formatted.stack
-        if not frame.filename.startswith(own) and not frame.filename.startswith("<frozen ")
+        if not frame.filename.startswith(own)
+        and not frame.filename.startswith("<frozen ")
+        and not _module_call(frame)
     ]
     formatted.stack = traceback.StackSummary.from_list(kept)
     return "".join(formatted.format()).rstrip("\n")
+
+
+def _module_call(frame: traceback.FrameSummary) -> bool:
+    """torch's own frames between a module call and its forward: noise in a traceback."""
+    return frame.name in ("_wrapped_call_impl", "_call_impl") and frame.filename.replace(
+        os.sep, "/"
+    ).endswith("torch/nn/modules/module.py")
 
 
 def _split(spec: str) -> tuple[str, str]:
@@ -116,7 +136,13 @@ def _import_module(name: str) -> Any:
         raise _raised(f"importing {name!r}", exc) from None
 
 
-def _import_file(path: Path) -> Any:
+def forget_path(entry: str | None) -> None:
+    """Take the folder a file target put on ``sys.path`` (its ``path_entry``) off again."""
+    if entry is not None and entry in sys.path:
+        sys.path.remove(entry)
+
+
+def _import_file(path: Path) -> tuple[Any, str]:
     if not path.is_file():
         what = "is a folder" if path.is_dir() else "does not exist"
         raise TargetError(f"cannot import {str(path)!r}: the file {what}")
@@ -129,34 +155,40 @@ def _import_file(path: Path) -> Any:
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
     # The file imports its neighbours as a script run from its folder would.
-    sys.path.insert(0, str(resolved.parent))
+    entry = str(resolved.parent)
+    sys.path.insert(0, entry)
     try:
         spec.loader.exec_module(module)
     except Exception as exc:
         del sys.modules[name]
+        forget_path(entry)
         raise _raised(f"importing {str(path)!r}", exc) from None
-    finally:
-        sys.path.remove(str(resolved.parent))
-    return module
+    return module, entry
 
 
-def _callable(spec: str) -> tuple[str | None, Path | None, str, Callable[[], Any]]:
+def _callable(
+    spec: str,
+) -> tuple[str | None, Path | None, str | None, str, Callable[[], Any]]:
     where, name = _split(spec)
+    entry = None
     if where.endswith(".py") or os.sep in where or "/" in where:
         path = Path(where)
-        module, module_name = _import_file(path), None
+        (module, entry), module_name = _import_file(path), None
     else:
         path, module_name = None, where
         module = _import_module(where)
     found = getattr(module, name, None)
-    if found is None:
-        raise TargetError(f"{where} has no attribute {name!r} (the callable that builds the model)")
-    if not callable(found):
+    if found is None or not callable(found):
+        forget_path(entry)
+        if found is None:
+            raise TargetError(
+                f"{where} has no attribute {name!r} (the callable that builds the model)"
+            )
         raise TargetError(
             f"{where}:{name} is a {type(found).__name__}, not a callable; name a function "
             "that takes no arguments and returns a model or (model, inputs)"
         )
-    return module_name, path, name, found
+    return module_name, path, entry, name, found
 
 
 def describe_inputs(inputs: Any) -> str:
@@ -196,6 +228,15 @@ def _side(value: Any) -> tuple[int, int]:
     return int(height), int(width)
 
 
+def _device(model: Any) -> str:
+    """``, device='cuda:0'`` for a model whose first parameter is not on the CPU, else ``""``:
+    inferred inputs go where the model is."""
+    first = next(model.parameters(), None)
+    if first is None or first.device.type == "cpu":
+        return ""
+    return f", device={str(first.device)!r}"
+
+
 def _from_config(model: Any) -> tuple[str, str] | None:
     """Inputs of a Hugging Face model from its config: ``(code, what)``, or ``None``."""
     config = getattr(model, "config", None)
@@ -206,15 +247,19 @@ def _from_config(model: Any) -> tuple[str, str] | None:
         vocab = config.vocab_size
         limit = getattr(config, "max_position_embeddings", None)
         tokens = min(TOKENS, limit) if isinstance(limit, int) and limit > 0 else TOKENS
+        device = _device(model)
         code = (
-            f"{{'input_ids': torch.randint(0, {vocab}, ({BATCH}, {tokens})), "
-            f"'attention_mask': torch.ones({BATCH}, {tokens}, dtype=torch.int64)}}"
+            f"{{'input_ids': torch.randint(0, {vocab}, ({BATCH}, {tokens}){device}), "
+            f"'attention_mask': torch.ones({BATCH}, {tokens}, dtype=torch.int64{device})}}"
         )
         return code, f"its config ({type(config).__name__}: vocab_size {vocab})"
     if main == "pixel_values":
         channels = getattr(config, "num_channels", 3)
         height, width = _side(getattr(config, "image_size", IMAGE_SIDE))
-        code = f"{{'pixel_values': torch.randn({BATCH}, {channels}, {height}, {width})}}"
+        code = (
+            f"{{'pixel_values': torch.randn({BATCH}, {channels}, {height}, {width}"
+            f"{_device(model)})}}"
+        )
         return code, f"its config ({type(config).__name__}: image_size, num_channels)"
     return None
 
@@ -227,12 +272,13 @@ def _from_first_layer(torch: Any, model: Any) -> tuple[str, str] | None:
         if next(sub.parameters(recurse=False), None) is None:
             continue
         where = f"its first layer {name or type(model).__name__} ({type(sub).__name__})"
+        device = _device(model)
         if isinstance(sub, torch.nn.Linear):
-            return f"torch.randn({BATCH}, {sub.in_features})", where
+            return f"torch.randn({BATCH}, {sub.in_features}{device})", where
         if isinstance(sub, torch.nn.Conv2d):
             reach = [(k - 1) * d + 1 for k, d in zip(sub.kernel_size, sub.dilation, strict=True)]
             side = max(IMAGE_SIDE, *reach)
-            return f"torch.randn({BATCH}, {sub.in_channels}, {side}, {side})", where
+            return f"torch.randn({BATCH}, {sub.in_channels}, {side}, {side}{device})", where
         return None
     return None
 
@@ -254,7 +300,21 @@ def load_target(spec: str, seed: int) -> Target:
     """Import the target, call it seeded with ``seed``, and give its model and inputs."""
     import torch
 
-    module, path, name, build = _callable(spec)
+    module, path, entry, name, build = _callable(spec)
+    try:
+        return _built(
+            torch,
+            spec,
+            seed,
+            Target(spec, module, path, name, model=None, inputs=None, path_entry=entry),
+            build,
+        )
+    except TargetError:
+        forget_path(entry)
+        raise
+
+
+def _built(torch: Any, spec: str, seed: int, target: Target, build: Callable[[], Any]) -> Target:
     seed_everything(seed)
     try:
         built = build()
@@ -269,7 +329,7 @@ def load_target(spec: str, seed: int) -> Target:
             f"{spec} returned a {type(built).__name__}, not a torch.nn.Module or "
             f"(model, inputs); {RETURN_ADVICE}"
         )
-    target = Target(spec, module, path, name, model, inputs)
+    target.model, target.inputs = model, inputs
     if inputs is None:
         target.inputs, target.inputs_code, target.inferred_from = _infer(torch, spec, model)
     else:
