@@ -20,7 +20,10 @@ import sys
 import traceback
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, TextIO
+
+if TYPE_CHECKING:
+    from pytest_determinism.audit.checks import CheckResult, Subject
 
 __all__ = ["EXIT_BAD_INPUT", "EXIT_FINDING", "EXIT_OK", "add_arguments", "audit"]
 
@@ -58,10 +61,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "(model, inputs)",
     )
     parser.add_argument(
-        "--seed", type=_seed, default=0, help="seed for building the model and every run"
+        "--seed",
+        type=_seed,
+        default=0,
+        metavar="N",
+        help="seed for building the model and every run",
     )
     parser.add_argument(
-        "--runs", type=_positive, default=2, help="reseeded runs compared by `repeatable`"
+        "--runs",
+        type=_positive,
+        default=2,
+        metavar="N",
+        help="reseeded runs compared by `repeatable`",
     )
     parser.add_argument("--json", metavar="PATH", help="write the verdicts as JSON to PATH")
     parser.add_argument(
@@ -87,7 +98,7 @@ def _innermost(exc: BaseException) -> str:
     return f" (at {frame.filename}:{frame.lineno} in {frame.name})"
 
 
-def _raised_in(name: str, exc: Exception) -> Any:
+def _raised_in(name: str, exc: Exception) -> CheckResult:
     """A check during which the model raised: a finding (information for the checks that
     only inform), with the model's traceback."""
     from pytest_determinism.audit.checks import INFORMATION, CheckResult
@@ -103,7 +114,7 @@ def _raised_in(name: str, exc: Exception) -> Any:
     )
 
 
-def _validated(subject: Any, describe: str, advice: str) -> None:
+def _validated(subject: Subject, describe: str, advice: str) -> None:
     """One forward pass: the model must take its inputs and give a comparable output."""
     import torch
 
@@ -128,6 +139,46 @@ def _validated(subject: Any, describe: str, advice: str) -> None:
         ) from None
 
 
+def _checked_paths(arguments: argparse.Namespace) -> Path | None:
+    """Refuse, before any check runs, output paths that cannot be written."""
+    test_path = None if arguments.write_test is None else Path(arguments.write_test)
+    if test_path is not None and test_path.exists():
+        raise _Stop(f"{test_path}: already exists; the audit never overwrites a file")
+    for given in (arguments.json, arguments.write_test):
+        if given is not None and not Path(given).parent.is_dir():
+            raise _Stop(f"{given}: no folder {str(Path(given).parent)!r} to write it in")
+    return test_path
+
+
+def _checks(subject: Subject, first: CheckResult, out: TextIO) -> list[CheckResult]:
+    """Run the checks after ``first`` (the ``mode`` check's result) in order, printing each
+    verdict as it comes; a check that cannot say more than an earlier one is skipped."""
+    from pytest_determinism.audit import checks, report
+
+    progress = report.Progress(out)
+    progress.done(first)
+    results = [first]
+    steps: list[tuple[str, Callable[[], checks.CheckResult]]] = [
+        ("repeatable", lambda: checks.repeatable(subject)),
+        ("seed", lambda: checks.seed(subject, results[1])),
+        ("kernels", lambda: checks.kernels(subject)),
+        ("batch", lambda: checks.batch(subject)),
+        ("threads", lambda: checks.threads(subject)),
+        ("precision", lambda: checks.precision(subject)),
+    ]
+    for name, step in steps:
+        result = checks.random_outputs(name, results) if name in _COMPARING else None
+        if result is None:
+            progress.start(name)
+            try:
+                result = step()
+            except Exception as exc:
+                result = _raised_in(name, exc)
+        results.append(result)
+        progress.done(result)
+    return results
+
+
 def _run(arguments: argparse.Namespace, out: TextIO) -> int:
     try:
         import torch  # noqa: F401 - the audit runs torch models
@@ -145,12 +196,7 @@ def _run(arguments: argparse.Namespace, out: TextIO) -> int:
     from pytest_determinism.state.evalmode import EvalModeGuard
     from pytest_determinism.state.snapshot import capture, restore
 
-    test_path = None if arguments.write_test is None else Path(arguments.write_test)
-    if test_path is not None:
-        if test_path.exists():
-            raise _Stop(f"{test_path}: already exists; the audit never overwrites a file")
-        if not test_path.parent.is_dir():
-            raise _Stop(f"{test_path}: no folder {str(test_path.parent)!r} to write it in")
+    test_path = _checked_paths(arguments)
     baseline = capture()
     guard = EvalModeGuard(strict=False, warn=False)
     target = None
@@ -172,34 +218,11 @@ def _run(arguments: argparse.Namespace, out: TextIO) -> int:
         if target.inferred_from is not None:
             header += f" (inferred from {target.inferred_from})"
         out.write(header + "\n")
-        progress = report.Progress(out)
-        progress.done(mode)
-        findings = [mode]
-        steps: list[tuple[str, Callable[[], checks.CheckResult]]] = [
-            ("repeatable", lambda: checks.repeatable(subject)),
-            ("seed", lambda: checks.seed(subject, findings[1])),
-            ("kernels", lambda: checks.kernels(subject)),
-            ("batch", lambda: checks.batch(subject)),
-            ("threads", lambda: checks.threads(subject)),
-            ("precision", lambda: checks.precision(subject)),
-        ]
-        for name, step in steps:
-            skipped = checks.random_outputs(name, findings) if name in _COMPARING else None
-            if skipped is not None:
-                findings.append(skipped)
-                progress.done(skipped)
-                continue
-            progress.start(name)
-            try:
-                finding = step()
-            except Exception as exc:
-                finding = _raised_in(name, exc)
-            findings.append(finding)
-            progress.done(finding)
-        found = any(f.verdict == "finding" and f.name not in checks.INFORMATION for f in findings)
+        results = _checks(subject, mode, out)
+        found = any(r.verdict == "finding" and r.name not in checks.INFORMATION for r in results)
         status = EXIT_FINDING if found else EXIT_OK
         if arguments.json is not None:
-            document = report.json_document(target.spec, model_name, inputs_text, findings, status)
+            document = report.json_document(target.spec, model_name, inputs_text, results, status)
             try:
                 report.write_json(Path(arguments.json), document)
             except OSError as exc:
@@ -215,10 +238,10 @@ def _run(arguments: argparse.Namespace, out: TextIO) -> int:
             out.write(
                 f"wrote {test_path}: record its golden with `pytest {test_path} "
                 f"--update-golden`, then run `pytest {test_path} --determinism`"
-                + (" (it fails there until the findings above are fixed)" if found else "")
+                + (" (the findings above show there too until they are fixed)" if found else "")
                 + "\n"
             )
-        out.write(report.summary_line(findings, status))
+        out.write(report.summary_line(results, status))
         return status
     finally:
         guard.restore()

@@ -17,21 +17,21 @@ _NAME_WIDTH = 11
 _VERDICT_WIDTH = 9
 
 
-def verdict_lines(finding: CheckResult) -> str:
+def verdict_lines(result: CheckResult) -> str:
     """The check's verdict line and, under a finding (or information with more to say),
     its explanation indented below it."""
-    text = f"  {finding.name:<{_NAME_WIDTH}}{finding.verdict:<{_VERDICT_WIDTH}}{finding.summary}\n"
-    if finding.explanation and finding.verdict in ("finding", "info"):
-        text += "".join(f"      {line}\n" for line in finding.explanation.splitlines())
+    text = f"  {result.name:<{_NAME_WIDTH}}{result.verdict:<{_VERDICT_WIDTH}}{result.summary}\n"
+    if result.explanation and result.verdict in ("finding", "info"):
+        text += "".join(f"      {line}\n" for line in result.explanation.splitlines())
     return text
 
 
-def summary_line(findings: Sequence[CheckResult], status: int) -> str:
+def summary_line(results: Sequence[CheckResult], status: int) -> str:
     """The last line: how many findings, and the exit status they give."""
-    count = sum(1 for finding in findings if finding.verdict == "finding")
+    count = sum(1 for result in results if result.verdict == "finding")
     if not count:
         return f"audit: no findings (exit {status})\n"
-    names = ", ".join(f.name for f in findings if f.verdict == "finding")
+    names = ", ".join(result.name for result in results if result.verdict == "finding")
     return f"audit: {count} finding{'s' * (count != 1)} ({names}) (exit {status})\n"
 
 
@@ -50,11 +50,11 @@ class Progress:
             self.out.write(f"audit: {name} ...")
             self.out.flush()
 
-    def done(self, finding: CheckResult) -> None:
+    def done(self, result: CheckResult) -> None:
         """Replace the progress line with the check's verdict (and explanation)."""
         if self.live:
             self.out.write("\r\x1b[K")
-        self.out.write(verdict_lines(finding))
+        self.out.write(verdict_lines(result))
         self.out.flush()
 
 
@@ -70,20 +70,20 @@ def _plain(value: Any) -> Any:
 
 
 def json_document(
-    target: str, model: str, inputs: str, findings: Sequence[CheckResult], status: int
+    target: str, model: str, inputs: str, results: Sequence[CheckResult], status: int
 ) -> dict[str, Any]:
     """``{"target", "model", "inputs", "exit_status", "checks": [{"name", "verdict",
     "summary", "details"}]}``; a finding's explanation is in its details."""
     checks = []
-    for finding in findings:
-        details = dict(finding.details)
-        if finding.explanation:
-            details["explanation"] = finding.explanation
+    for result in results:
+        details = dict(result.details)
+        if result.explanation:
+            details["explanation"] = result.explanation
         checks.append(
             {
-                "name": finding.name,
-                "verdict": finding.verdict,
-                "summary": finding.summary,
+                "name": result.name,
+                "verdict": result.verdict,
+                "summary": result.summary,
                 "details": _plain(details),
             }
         )
