@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -433,3 +435,36 @@ def test_write_test_never_overwrites(
     assert text == ""
     assert "already exists; the audit never overwrites a file" in capsys.readouterr().err
     assert existing.read_text(encoding="utf-8") == "# mine\n"
+
+
+def test_starter_for_a_module_target_imports_it_by_name(
+    models: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.syspath_prepend(str(models.parent))
+    test_file = tmp_path / "test_mlp_audit.py"
+    _audit("models:mlp", "--seed", "3", "--write-test", str(test_file))
+    source = test_file.read_text(encoding="utf-8")
+    assert "from models import mlp\n" in source
+    assert "importlib" not in source
+    assert "@pytest.mark.deterministic(seed=3)" in source
+    assert "    model = mlp()\n    inputs = torch.randn(2, 16)\n" in source
+    assert "        output = model(inputs)\n" in source
+
+
+def test_the_command_line_runs_the_audit_without_progress_when_piped(
+    models: Path, tmp_path: Path
+) -> None:
+    # A fresh interpreter: `python -m` dispatches to the audit, and piped output holds the
+    # verdicts only.
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest_determinism", "audit", f"{models}:one_sample"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[-1] == "audit: no findings (exit 0)"
+    assert "\r" not in done.stdout
+    assert "Traceback" not in done.stderr
