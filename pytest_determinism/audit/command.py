@@ -153,7 +153,7 @@ def _checked_paths(arguments: argparse.Namespace) -> Path | None:
 def _checks(subject: Subject, first: CheckResult, out: TextIO) -> list[CheckResult]:
     """Run the checks after ``first`` (the ``mode`` check's result) in order, printing each
     verdict as it comes; a check that cannot say more than an earlier one is skipped."""
-    from pytest_determinism.audit import checks, report
+    from pytest_determinism.audit import checks, information, kernels, report
 
     progress = report.Progress(out)
     progress.done(first)
@@ -161,10 +161,10 @@ def _checks(subject: Subject, first: CheckResult, out: TextIO) -> list[CheckResu
     steps: list[tuple[str, Callable[[], checks.CheckResult]]] = [
         ("repeatable", lambda: checks.repeatable(subject)),
         ("seed", lambda: checks.seed(subject, results[1])),
-        ("kernels", lambda: checks.kernels(subject)),
+        ("kernels", lambda: kernels.kernels(subject)),
         ("batch", lambda: checks.batch(subject)),
-        ("threads", lambda: checks.threads(subject)),
-        ("precision", lambda: checks.precision(subject)),
+        ("threads", lambda: information.threads(subject)),
+        ("precision", lambda: information.precision(subject)),
     ]
     for name, step in steps:
         result = checks.random_outputs(name, results) if name in _COMPARING else None
