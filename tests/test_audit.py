@@ -58,6 +58,14 @@ def vit_mae():
     return transformers.ViTMAEModel(config).eval()
 
 
+def t5():
+    config = transformers.T5Config(
+        vocab_size=100, d_model=32, d_kv=8, d_ff=64, num_layers=1, num_heads=2,
+        decoder_start_token_id=0,
+    )
+    return transformers.T5Model(config).eval()
+
+
 def mlp():
     return torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.ReLU(), torch.nn.Linear(32, 4))
 
@@ -233,6 +241,14 @@ def test_padding_in_the_users_inputs_is_checked_alone_without_it(models: Path) -
     if status:
         assert "sample 0: identical" in text
         assert "sample 1: DIFFERS" in text
+
+
+def test_encoder_decoder_gets_decoder_tokens_too(models: Path) -> None:
+    status, text = _audit(f"{models}:t5")
+    assert "T5Model, inputs input_ids int64[2, 8], attention_mask int64[2, 8], " in text
+    assert "decoder_input_ids int64[2, 8] (inferred from its config (T5Config" in text
+    assert _line(text, "repeatable").split()[1] == "ok"
+    assert status in (0, 1)
 
 
 def test_plain_mlp_gets_inferred_inputs(models: Path) -> None:

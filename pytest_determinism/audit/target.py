@@ -248,10 +248,15 @@ def _from_config(model: Any) -> tuple[str, str] | None:
         limit = getattr(config, "max_position_embeddings", None)
         tokens = min(TOKENS, limit) if isinstance(limit, int) and limit > 0 else TOKENS
         device = _device(model)
+        ids = f"torch.randint(0, {vocab}, ({BATCH}, {tokens}){device})"
         code = (
-            f"{{'input_ids': torch.randint(0, {vocab}, ({BATCH}, {tokens}){device}), "
-            f"'attention_mask': torch.ones({BATCH}, {tokens}, dtype=torch.int64{device})}}"
+            f"{{'input_ids': {ids}, "
+            f"'attention_mask': torch.ones({BATCH}, {tokens}, dtype=torch.int64{device})"
         )
+        if getattr(config, "is_encoder_decoder", False):
+            # An encoder-decoder model needs the decoder's tokens too (T5 has no default).
+            code += f", 'decoder_input_ids': {ids}"
+        code += "}"
         return code, f"its config ({type(config).__name__}: vocab_size {vocab})"
     if main == "pixel_values":
         channels = getattr(config, "num_channels", 3)
