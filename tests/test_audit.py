@@ -421,6 +421,9 @@ def test_the_audit_leaves_the_process_as_it_found_it(models: Path) -> None:
     assert "1 (Dropout)" in _line(text, "mode")
     assert capture() == before
     assert torch.get_num_threads() == threads
+    # No global module hook of the plugin's is left attached.
+    assert not torch.nn.modules.module._global_forward_pre_hooks
+    assert not torch.nn.modules.module._global_forward_hooks
     # The target's own module, as the audit imported it from its file.
     module = next(m for name, m in sys.modules.items() if name.startswith("_audit_target_models"))
     assert all(sub.training for sub in module.SHARED.modules())
