@@ -1,10 +1,11 @@
-"""``python -m pytest_determinism show|diff``: look at golden files outside a test run.
+"""``python -m pytest_determinism show|diff|audit``: golden files and models outside a test run.
 
 ``show PATH...`` prints each file's keys (dtype, shape, min, max, mean, NaN and Inf
 counts) and metadata. ``diff GOLDEN OTHER`` compares ``OTHER`` against ``GOLDEN`` with the
 default tolerances and prints the message a failing check would. Exit status: 0 when every
 file was shown or the two files match, 1 when they differ, 2 on bad input. Files are read
-as safetensors only, never unpickled, and no traceback is ever printed.
+as safetensors only, never unpickled, and no traceback is ever printed. ``audit TARGET``
+checks one model (:mod:`pytest_determinism.audit.command`).
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TextIO
 
+from pytest_determinism.audit.command import add_arguments as add_audit_arguments
+from pytest_determinism.audit.command import audit
 from pytest_determinism.errors import GoldenFileError
 from pytest_determinism.golden.compare import compare_leaves
 from pytest_determinism.golden.mismatch import format_shape, format_value, mismatch_message
@@ -45,7 +48,7 @@ class _Parser(argparse.ArgumentParser):
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="python -m pytest_determinism",
-        description="Inspect pytest-determinism golden files (safetensors).",
+        description="Inspect pytest-determinism golden files (safetensors); audit a model.",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     show = commands.add_parser("show", help="keys, dtypes, shapes, statistics and metadata")
@@ -57,6 +60,9 @@ def _parser() -> argparse.ArgumentParser:
     diff.add_argument("--atol", type=float, default=None, help="absolute tolerance")
     diff.add_argument("--exact", action="store_true", help="require identical bits")
     diff.add_argument("--no-equal-nan", action="store_true", help="NaN does not match NaN")
+    add_audit_arguments(
+        commands.add_parser("audit", help="check one model for every kind of nondeterminism")
+    )
     return parser
 
 
@@ -157,6 +163,8 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
         arguments = _parser().parse_args(argv)
         if arguments.command == "show":
             return _show(arguments.paths, stream)
+        if arguments.command == "audit":
+            return audit(arguments, stream)
         return _diff(arguments, stream)
     except _BadInput as exc:
         sys.stderr.write(f"pytest_determinism: error: {exc}\n")

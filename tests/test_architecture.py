@@ -3,7 +3,9 @@
 golden/ (golden files and comparing values) stands on its own; state/ (global state) uses
 golden's tolerance type for the table helpers read; nondeterminism/ (running a callable
 several times and explaining a difference) builds on both. None of them imports pytest or
-the glue above them, and loading the plugin imports no heavy library.
+the glue above them, and loading the plugin imports no heavy library. audit/ (the
+``audit`` command) composes the three engines; it is a command, not pytest glue, so it
+imports neither pytest nor the glue either, and the plugin never imports it.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ ALLOWED = {
     "golden": {"golden"},
     "state": {"state", "golden"},
     "nondeterminism": {"nondeterminism", "golden", "state"},
+    "audit": {"audit", "nondeterminism", "golden", "state"},
 }
 
 
@@ -73,7 +76,8 @@ def test_loading_the_plugin_imports_no_heavy_library() -> None:
         "from importlib.metadata import entry_points\n"
         "[e.load() for e in entry_points(group='pytest11') if e.name == 'determinism']\n"
         "import pytest_determinism, pytest_determinism.hypothesis_hook\n"
-        "print(sorted(m for m in ('torch', 'numpy', 'hypothesis') if m in sys.modules))\n"
+        "heavy = ('torch', 'numpy', 'hypothesis', 'pytest_determinism.audit')\n"
+        "print(sorted(m for m in heavy if m in sys.modules))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

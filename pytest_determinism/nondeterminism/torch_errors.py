@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["explain_torch_error"]
+__all__ = ["explain_torch_error", "nondeterministic_op"]
 
 # torch's message: "<op> does not have a deterministic implementation, but you set
 # 'torch.use_deterministic_algorithms(True)'. ..."
@@ -27,16 +27,22 @@ _ALTERNATIVES = {
 }
 
 
+def nondeterministic_op(message: object) -> str | None:
+    """The op torch names in its "no deterministic implementation" error or warning
+    (``message`` is the exception, the warning or their text), else ``None``."""
+    match = _NONDETERMINISTIC_OP.search(str(message))
+    return None if match is None else match.group(1)
+
+
 def explain_torch_error(exc: BaseException) -> str | None:
     """A message for torch's error about an op without a deterministic implementation.
 
     Returns ``None`` for any other exception. The message names the op and the choices:
     ``@deterministic(warn_only=True)``, an alternative op, or accepting it.
     """
-    match = _NONDETERMINISTIC_OP.search(str(exc))
-    if match is None:
+    op = nondeterministic_op(exc)
+    if op is None:
         return None
-    op = match.group(1)
     key = op.removesuffix("_cuda_").removesuffix("_cuda").removesuffix("_cpu")
     alternative = next(
         (alt for name, alt in _ALTERNATIVES.items() if key.startswith(name.rstrip("_"))),

@@ -1,0 +1,1 @@
+"""``python -m pytest_determinism audit``: one model's determinism, before a test exists."""
