@@ -404,9 +404,10 @@ def test_a_trace_round_trips_through_its_text(trace: GoldenTrace) -> None:
         ('{"format":2,"calls":[]}', "its format is 2, not 1"),
         ('{"format":1}', "it holds no list of calls"),
         (
-            '{"format":1,"calls":[["a","B",-1,0,0,[["","float99",[1],0,null,null]]]]}',
-            "unknown dtype",
+            '{"format":1,"calls":[["a","B",-1,0,0,[["","float99",[1],0,"AAAA",null]]]]}',
+            "samples of an output of dtype 'float99'",
         ),
+        ('{"format":1,"calls":[["a","B",3,0,0,[]]]}', "parent 3 is not an earlier call"),
         (
             '{"format":1,"calls":[["a","B",-1,0,0,[["","float32",[1],0,"%%",null]]]]}',
             "call 0 is malformed",

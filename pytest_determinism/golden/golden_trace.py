@@ -192,8 +192,6 @@ def _output(row: Any) -> TracedOutput:
     path, dtype, shape, digest, samples, norm = row
     if not isinstance(path, str) or not isinstance(dtype, str):
         raise ValueError("an output's path and dtype must be strings")
-    if dtype not in DTYPES and dtype != MORE:
-        raise ValueError(f"unknown dtype {dtype!r}")
     if not isinstance(shape, list) or not all(
         isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in shape
     ):
@@ -202,8 +200,10 @@ def _output(row: Any) -> TracedOutput:
         raise ValueError("an output's digest must be an integer")
     raw = None
     if samples is not None:
-        if not isinstance(samples, str) or dtype == MORE:
+        if not isinstance(samples, str):
             raise ValueError("an output's samples must be base64 text")
+        if dtype not in DTYPES or DTYPES[dtype].kind != "float":
+            raise ValueError(f"samples of an output of dtype {dtype!r}")
         raw = base64.b64decode(samples, validate=True)
         if len(raw) % DTYPES[dtype].itemsize:
             raise ValueError("an output's samples are not whole elements")

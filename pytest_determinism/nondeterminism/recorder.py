@@ -65,7 +65,11 @@ class GoldenTraceRecorder:
                 )
             outputs.append(TracedOutput(f"+{len(tensors) - MAX_OUTPUTS}", MORE, (), combined))
         self._outputs[index] = tuple(outputs)
-        self._params[index] = self._state_digest(module)
+        try:
+            self._params[index] = self._state_digest(module)
+        except (RuntimeError, NotImplementedError, TypeError, ValueError):
+            # Meta, sparse or storage-less state has no bytes to read: it counts as unknown.
+            self._params[index] = -1
 
     def golden_trace(self) -> GoldenTrace:
         """The calls recorded, in call order."""
@@ -88,9 +92,19 @@ class GoldenTraceRecorder:
         dtype = str(tensor.dtype).removeprefix("torch.")
         shape = tuple(int(n) for n in tensor.shape)
         digest = tensor_digest(torch, tensor)
-        if not tensor.is_floating_point() or tensor.layout != torch.strided:
+        if (
+            digest == -1
+            or dtype not in DTYPES
+            or not tensor.is_floating_point()
+            or tensor.layout != torch.strided
+        ):
             return TracedOutput(path, dtype, shape, digest)
-        samples, norm = take_sketch(torch, tensor)
+        try:
+            samples, norm = take_sketch(torch, tensor)
+        except (RuntimeError, NotImplementedError, TypeError, ValueError):
+            # A tensor whose elements cannot be read (a subclass without storage): its
+            # digest alone says whether it changed.
+            return TracedOutput(path, dtype, shape, digest)
         return TracedOutput(path, dtype, shape, digest, samples, norm)
 
     def _tensors(self, value: Any, path: str, out: list[tuple[str, Any]], depth: int) -> None:
