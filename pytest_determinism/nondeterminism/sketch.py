@@ -30,6 +30,10 @@ __all__ = ["SAMPLES", "drift_of", "relative_difference", "sample_values", "take_
 #: Elements sampled per tensor.
 SAMPLES = 16
 
+# (element count, device) -> the sampled positions: a model's tensors come in few sizes.
+_positions: dict[tuple[int, str], Any] = {}
+_POSITIONS_KEPT = 1024
+
 
 def take_sketch(torch: Any, tensor: Any) -> tuple[bytes, float | None]:
     """The samples (raw bits) and the norm (``None`` where not finite) of a floating
@@ -38,10 +42,16 @@ def take_sketch(torch: Any, tensor: Any) -> tuple[bytes, float | None]:
     count = flat.numel()
     if count == 0:
         return b"", 0.0
-    positions = torch.linspace(0, count - 1, min(SAMPLES, count), device=flat.device)
-    sample = flat[positions.round().long()].cpu().contiguous()
+    key = (count, str(flat.device))
+    positions = _positions.get(key)
+    if positions is None:
+        if len(_positions) >= _POSITIONS_KEPT:
+            _positions.clear()
+        spaced = torch.linspace(0, count - 1, min(SAMPLES, count), dtype=torch.float64)
+        positions = _positions[key] = spaced.round().long().to(flat.device)
+    sample = flat[positions].cpu()
     raw = bytes(sample.view(torch.uint8).numpy().tobytes())
-    wide = flat if flat.dtype == torch.float64 else flat.float()
+    wide = flat if flat.dtype in (torch.float64, torch.float32) else flat.float()
     norm = float(torch.linalg.vector_norm(wide))
     return raw, norm if math.isfinite(norm) else None
 
