@@ -62,7 +62,8 @@ MODELS = {
     "convnext": (
         ConvNextModel(ConvNextConfig(hidden_sizes=[24, 48, 96, 192], depths=[2, 2, 4, 2])),
         {"pixel_values": torch.randn(4, 3, 96, 96)},
-        lambda m: m.encoder.stages[2].layers[1].pwconv1.weight,
+        # (not a block's pwconv: ConvNeXt's layer scale, 1e-6, would hide it)
+        lambda m: m.embeddings.patch_embeddings.weight,
     ),
 }
 for model, _, _ in MODELS.values():
@@ -285,17 +286,11 @@ def main() -> int:
         )
         for label, (on, off) in results.items():
             _ratio_line(label, on, off)
-        cells = []
-        for name, values in paired.items():
-            quartiles = statistics.quantiles(values, n=4)
-            cells.append(
-                f"{name} {statistics.median(values):5.2f}x "
-                f"(quartiles {quartiles[0]:.2f}-{quartiles[2]:.2f})"
-            )
-        print(
-            f"  {'update, paired in-process':<24}"
-            + "   ".join(cells)
-            + f"  [{len(next(iter(paired.values())))} interleaved pairs]"
+        print("  in one process, forward + check + finish under --update-golden, interleaved:")
+        _ratio_line(
+            "update, paired",
+            {name: on for name, (on, _) in paired.items()},
+            {name: off for name, (_, off) in paired.items()},
         )
         print("  trace size per golden:")
         for name, (per_call, calls, share) in _trace_size(trace).items():
