@@ -17,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from capture import PYTEST, PYTHON, REPO, run, write  # noqa: E402
+from capture import PYTEST, PYTHON, REPO, e_lines, run, write  # noqa: E402
 
 DEMO = Path("/tmp/pd-golden-trace")
 EXAMPLE = REPO / "examples" / "test_golden_upgrade.py"
@@ -74,6 +74,7 @@ def main() -> None:
 
     changed("upgrade")
     out = run([*PYTEST, "tests"], DEMO)
+    write("golden-trace-upgrade-mismatch", e_lines(out))
     write("golden-trace-upgrade", golden_section(out))
     for name in ("checkpoint", "inputs"):
         changed(name)
