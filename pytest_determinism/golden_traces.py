@@ -4,8 +4,8 @@ Recording: :class:`TraceRecording` (registered only under ``--update-golden`` wi
 ``golden_trace`` on) wraps the call of each golden test's body and stores the golden trace
 of its module calls with the values. A marked test's body is recorded where
 ``run_body`` calls it (the plugin's own ``pytest_pyfunc_call`` around it only reseeds); in
-the CI mode, in the last repeat run, whose calls must equal run 0's for the golden to be
-written at all, so the seed probe keeps run 0 to itself.
+the CI mode, in run 0, the run whose values are recorded (the seed probe still hears its
+outermost calls through the recorder).
 
 On failure: :func:`origin_note` runs the body of a marked test whose check failed against
 a golden holding a trace once more, reseeded and traced, with ``golden_tensor`` only
@@ -48,14 +48,7 @@ _RERUN_OUTCOMES = (
 
 
 class TraceRecording:
-    """Records the golden trace of each golden test's body under ``--update-golden``.
-
-    ``ci_runs`` is the CI mode's runs per test (``None`` outside it): a marked test is
-    recorded in its last repeat run there.
-    """
-
-    def __init__(self, ci_runs: int | None) -> None:
-        self.ci_runs = ci_runs
+    """Records the golden trace of each golden test's body under ``--update-golden``."""
 
     @pytest.hookimpl(wrapper=True)
     def pytest_pyfunc_call(self, pyfuncitem: pytest.Function) -> Generator[None, object, object]:
@@ -63,15 +56,13 @@ class TraceRecording:
         from pytest_determinism.plugin import ACTIVE, GOLDEN, RUNNING_BODY
 
         golden = pyfuncitem.stash.get(GOLDEN, None)
-        marked = ACTIVE in pyfuncitem.stash
-        wanted = 0
-        if marked and self.ci_runs is not None:
-            wanted = self.ci_runs - 1
+        # A marked test's outer call only reseeds and calls the body again (run_body); the
+        # CI mode's later runs and re-runs are not the recorded one.
         if (
             golden is None
             or "torch" not in sys.modules
-            or (marked and not pyfuncitem.stash.get(RUNNING_BODY, False))
-            or golden.run_index != wanted
+            or (ACTIVE in pyfuncitem.stash and not pyfuncitem.stash.get(RUNNING_BODY, False))
+            or golden.run_index != 0
         ):
             return (yield)
         from pytest_determinism.golden.golden_trace import encode_trace

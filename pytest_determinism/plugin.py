@@ -86,9 +86,7 @@ def pytest_configure(config: pytest.Config) -> None:
             stacklevel=2,
         )
     if options.update_golden and options.golden_trace:
-        config.pluginmanager.register(
-            TraceRecording(options.runs if options.ci_mode else None), "determinism-trace"
-        )
+        config.pluginmanager.register(TraceRecording(), "determinism-trace")
     if config.pluginmanager.hasplugin("xdist"):
         from pytest_determinism.xdist_hooks import XdistHooks
 

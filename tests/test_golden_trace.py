@@ -417,3 +417,29 @@ def test_a_trace_round_trips_through_its_text(trace: GoldenTrace) -> None:
 def test_a_bad_trace_text_says_what_is_wrong(text: str, problem: str) -> None:
     with pytest.raises(ValueError, match=problem):
         decode_trace(text)
+
+
+SEED_DEPENDENT = """
+import pytest
+import torch
+
+
+class Noisy(torch.nn.Module):
+    def forward(self, x):
+        return x + torch.randn_like(x)
+
+
+@pytest.mark.deterministic
+def test_noise(golden_tensor):
+    golden_tensor.check(Noisy()(torch.ones(4)), name="out")
+"""
+
+
+@pytest.mark.parametrize("runs", ["1", "2"])
+def test_recording_leaves_the_seed_probe_its_first_run(pytester, run, runs) -> None:
+    # The probe listens to run 0's outermost calls; the recording block must pass them on.
+    pytester.makepyfile(test_probe=SEED_DEPENDENT)
+    result = run("--update-golden", "--determinism", "--determinism-runs", runs)
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*Seed-dependent: the probe run differs from run 0*"])
+    assert not list(pytester.path.glob("__golden__/**/*.safetensors"))

@@ -27,6 +27,7 @@ from pytest_determinism.golden.golden_trace import (
     TracedCall,
     TracedOutput,
 )
+from pytest_determinism.nondeterminism.blocks import enclosing_observer
 from pytest_determinism.nondeterminism.digest import tensor_digest
 from pytest_determinism.nondeterminism.sketch import take_sketch
 from pytest_determinism.nondeterminism.trace import Fingerprint, Trace, tracing
@@ -162,10 +163,12 @@ def recording() -> Iterator[GoldenTraceRecorder]:
     """Record the golden trace of the module calls made inside the block; read it with
     :meth:`GoldenTraceRecorder.golden_trace` after the block. Nests like
     :func:`~pytest_determinism.nondeterminism.trace.tracing` (the innermost block
-    records)."""
+    records), and tells the enclosing block's observer of the outermost calls, as that
+    block would have."""
     import torch
 
     recorder = GoldenTraceRecorder(torch)
-    with tracing(returned=recorder.returned) as trace:
+    # The seed probe of a CI-mode run listens to the outermost calls: it keeps hearing them.
+    with tracing(enclosing_observer(), returned=recorder.returned) as trace:
         recorder.trace = trace
         yield recorder
