@@ -17,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from capture import PYTEST, PYTHON, REPO, e_lines, run, write  # noqa: E402
+from capture import PYTEST, PYTHON, REPO, e_lines, run, write
 
 DEMO = Path("/tmp/pd-golden-trace")
 EXAMPLE = REPO / "examples" / "test_golden_upgrade.py"
@@ -49,9 +49,7 @@ def golden_section(output: str) -> str:
     """The plugin's golden-trace section of a failed test's report."""
     text = output.split("pytest-determinism: golden trace", 1)[1]
     lines = text.splitlines()[1:]
-    end = next(
-        i for i, line in enumerate(lines) if not line or line.startswith(("=", "golden:"))
-    )
+    end = next(i for i, line in enumerate(lines) if not line or line.startswith(("=", "golden:")))
     return "\n".join(lines[:end])
 
 
@@ -99,8 +97,11 @@ def main() -> None:
         DEMO,
     )
     shutil.copy(DEMO / "origin.png", picture)
-    write("golden-trace-diff", "$ python -m pytest_determinism diff before.safetensors \\\n"
-          f"    {GOLDEN} --plot origin.png\n" + out)
+    write(
+        "golden-trace-diff",
+        "$ python -m pytest_determinism diff before.safetensors \\\n"
+        f"    {GOLDEN} --plot origin.png\n" + out,
+    )
 
 
 if __name__ == "__main__":
