@@ -438,7 +438,7 @@ def test_noise(golden_tensor):
 @pytest.mark.parametrize("runs", ["1", "2"])
 def test_recording_leaves_the_seed_probe_its_first_run(pytester, run, runs) -> None:
     # The probe listens to run 0's outermost calls; the recording block must pass them on.
-    pytester.makepyfile(test_probe=SEED_DEPENDENT)
+    pytester.makepyfile(test_noise=SEED_DEPENDENT)
     result = run("--update-golden", "--determinism", "--determinism-runs", runs)
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(["*Seed-dependent: the probe run differs from run 0*"])
