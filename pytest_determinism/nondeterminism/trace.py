@@ -84,6 +84,10 @@ LeafPrint = tuple[str, str, tuple[int, ...], int]
 #: Everything found in one nested value, in traversal order.
 Fingerprint = tuple[LeafPrint, ...]
 
+#: Called as ``returned(index, module, result)`` when call number ``index`` returns
+#: normally: what a recorder that needs more than fingerprints of the outputs reads.
+Returned = Callable[[int, Any, Any], None]
+
 # Containers nested deeper than this are summarised by their type: module arguments that
 # deep are configuration, not activations, and the bound keeps self-containing lists finite.
 _MAX_DEPTH = 6
@@ -462,10 +466,6 @@ class _Tracer:
         if not stack and self.observer is not None:
             self.observer.outermost_exit(module, row[_OUTER])
 
-
-#: Called as ``returned(index, module, result)`` when call number ``index`` returns
-#: normally: what a recorder that needs more than fingerprints of the outputs reads.
-Returned = Callable[[int, Any, Any], None]
 
 #: The ``window`` of :func:`tracing` that records the ops run outside every module call.
 OUTSIDE = -1
