@@ -62,8 +62,9 @@ MODELS = {
     "convnext": (
         ConvNextModel(ConvNextConfig(hidden_sizes=[24, 48, 96, 192], depths=[2, 2, 4, 2])),
         {"pixel_values": torch.randn(4, 3, 96, 96)},
-        # (not a block's pwconv: ConvNeXt's layer scale, 1e-6, would hide it)
-        lambda m: m.embeddings.patch_embeddings.weight,
+        # Not a block's pwconv (ConvNeXt's layer scale, 1e-6, hides it) nor the patch
+        # embedding (a LayerNorm follows it): the last downsampling convolution.
+        lambda m: m.encoder.stages[3].downsampling_layer[1].weight,
     ),
 }
 for model, _, _ in MODELS.values():

@@ -13,6 +13,7 @@ one pass over its weights, however often its modules are called.
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import zlib
 from collections.abc import Iterator, Mapping
@@ -140,12 +141,26 @@ class GoldenTraceRecorder:
             return kept[1]
         digest = 0
         for name, tensor in tensors:
-            data = tensor.detach().cpu().contiguous().reshape(-1)
             digest = zlib.crc32(f"{name}:{tensor.dtype!s}:{tuple(tensor.shape)};".encode(), digest)
-            if data.numel():
-                digest = zlib.crc32(data.view(self._torch.uint8).numpy(), digest)
+            if tensor.numel():
+                digest = zlib.crc32(self._bytes(tensor), digest)
         self._state_digests[id(module)] = (identity, digest)
         return digest
+
+    def _bytes(self, tensor: Any) -> Any:
+        """Every byte of ``tensor``, read in place where it is a contiguous CPU tensor
+        (every weight of a model on the CPU: one pass, no copy)."""
+        torch = self._torch
+        if (
+            type(tensor) in (torch.Tensor, torch.nn.Parameter)
+            and tensor.is_cpu
+            and tensor.is_contiguous()
+            and not tensor.is_neg()
+            and not tensor.is_conj()
+        ):
+            return (ctypes.c_char * tensor.nbytes).from_address(tensor.data_ptr())
+        data = tensor.detach().cpu().contiguous().reshape(-1)
+        return data.view(torch.uint8).numpy()
 
 
 def input_digest(inputs: Fingerprint) -> int:
