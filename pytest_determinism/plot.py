@@ -14,7 +14,8 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from pytest_determinism.nondeterminism.origin import Origin, format_difference
+from pytest_determinism.nondeterminism.growth import format_difference
+from pytest_determinism.nondeterminism.origin import Origin
 
 __all__ = ["MISSING_EXTRA", "matplotlib_missing", "plot_origin"]
 

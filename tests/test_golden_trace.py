@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -452,3 +453,41 @@ def test_recording_in_run_0_keeps_a_repeatable_test_passing(pytester, run) -> No
     result.assert_outcomes(passed=1)
     with read_golden(_golden(pytester)) as golden:
         assert len(decode_trace(golden.metadata[TRACE_KEY])) == 44
+
+
+def _call(qualname: str, parent: int) -> TracedCall:
+    return TracedCall(qualname, "Block", parent, 0, 0, ())
+
+
+def test_the_growth_line_opens_containers_of_numbered_blocks_and_elides_the_middle() -> None:
+    from pytest_determinism.nondeterminism.growth import (
+        format_difference,
+        growth_line,
+        growth_of,
+    )
+
+    calls = [_call("", -1), _call("embeddings", 0), _call("encoder", 0)]
+    for layer in range(12):
+        calls.append(_call(f"encoder.layer.{layer}", 2))
+        calls.append(_call(f"encoder.layer.{layer}.attention", len(calls) - 1))
+    calls.append(_call("lm_head", 0))
+    trace = GoldenTrace(tuple(calls))
+    blocks = [3 + 2 * layer for layer in range(12)]
+    differences = {1: 0.0, **{b: 2e-7 * 10**k for k, b in enumerate(blocks)}, len(calls) - 1: 4e-3}
+    growth = growth_of(trace, differences)
+    assert [node.name for node in growth] == [
+        "embeddings",
+        *(f"layer.{k}" for k in range(12)),
+        "lm_head",
+    ]
+    assert growth_line(growth, first=4) == (
+        "embeddings 0 -> layer.0 2e-7 -> layer.1 2e-6 -> layer.2 2e-5 -> layer.3 2e-4 -> "
+        "layer.4 2e-3 -> ... -> layer.11 2e4 -> lm_head 4e-3"
+    )
+    assert [format_difference(v) for v in (0.0, 1.3e-6, 0.5, 150.0, math.inf)] == [
+        "0",
+        "1.3e-6",
+        "0.5",
+        "1.5e2",
+        "inf",
+    ]

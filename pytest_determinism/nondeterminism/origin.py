@@ -16,16 +16,16 @@ its inputs matched is where the difference came in.
   weights changed**; else the inputs of the outermost call differ: **the inputs to the
   model changed**; else **this module computes differently now**, with the drift kind its
   sampled elements show.
-- The growth line: the estimated difference after each top-level block (the children of
-  the outermost module, with any container of numbered blocks, ``encoder`` of
-  ``encoder.layer.0``, replaced by its blocks).
+- The growth line (:mod:`pytest_determinism.nondeterminism.growth`): the estimated
+  difference after each top-level block.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -33,17 +33,15 @@ from pytest_determinism.golden.drift import Drift
 from pytest_determinism.golden.dtypes import DTYPES, EXACT_KINDS
 from pytest_determinism.golden.golden_trace import MORE, GoldenTrace, TracedCall
 from pytest_determinism.golden.tolerances import Tolerance
+from pytest_determinism.nondeterminism.growth import (
+    GrowthNode,
+    format_difference,
+    growth_line,
+    growth_of,
+)
 from pytest_determinism.nondeterminism.sketch import drift_of, relative_difference
 
-__all__ = [
-    "CallDifference",
-    "GrowthNode",
-    "Origin",
-    "Verdict",
-    "find_origin",
-    "format_difference",
-    "growth_line",
-]
+__all__ = ["CallDifference", "Origin", "Verdict", "find_origin"]
 
 #: What changed, by the evidence at the first call beyond its tolerance.
 Verdict = Literal["weights", "inputs", "computation"]
@@ -57,9 +55,6 @@ _VERDICTS: dict[str, str] = {
         "this module computes differently now (an op, a dtype, a library version, a thread count)"
     ),
 }
-
-# Nodes of the growth line shown in full; longer lines keep the ends and the divergence.
-_GROWTH_SHOWN = 10
 
 
 @dataclass(frozen=True)
@@ -75,16 +70,6 @@ class CallDifference:
     dtype: str
     tolerance: float
     beyond: bool
-
-
-@dataclass(frozen=True)
-class GrowthNode:
-    """One top-level block on the growth line: its short name (``layer.1``), the call's
-    index in the current trace, and its estimated difference (``None``: not matched)."""
-
-    name: str
-    index: int
-    difference: float | None
 
 
 @dataclass(frozen=True)
@@ -140,10 +125,16 @@ class Origin:
                 f"  first module call beyond its tolerance: {call.display_name} ({call.cls}), "
                 f"call {first.index + 1} of {self.current_calls}"
             )
-            lines.append(
-                f"    estimated relative difference {format_difference(first.difference)} "
-                f"against {tolerance} ({first.dtype})"
-            )
+            if math.isinf(first.difference):
+                lines.append(
+                    "    its output cannot be compared with the recording: another dtype, "
+                    "shape or set of outputs, or a NaN or infinity that appeared or went away"
+                )
+            else:
+                lines.append(
+                    f"    estimated relative difference {format_difference(first.difference)} "
+                    f"against {tolerance} ({first.dtype})"
+                )
             lines.append(
                 f"    its inputs: {_matched(self.inputs_match)}; its parameters and buffers: "
                 f"{_matched(self.params_match)}"
@@ -183,38 +174,6 @@ class Origin:
 
 def _matched(same: bool) -> str:
     return "as recorded" if same else "differ from the recording"
-
-
-def format_difference(value: float) -> str:
-    """``0``, ``3e-3``, ``1.3e-6``, ``inf``: a relative difference, short."""
-    if value == 0:
-        return "0"
-    if not math.isfinite(value):
-        return "inf"
-    if 0.01 <= value < 100:
-        return f"{value:.2g}"
-    text = f"{value:.1e}"
-    mantissa, exponent = text.split("e")
-    return f"{mantissa.removesuffix('.0')}e{int(exponent)}"
-
-
-def growth_line(growth: Sequence[GrowthNode], first: int | None = None) -> str:
-    """``embeddings 0 -> layer.0 2e-7 -> ... -> pooler 4e-3``: long lines keep both ends
-    and the nodes around ``first``."""
-    shown = set(range(len(growth)))
-    if len(growth) > _GROWTH_SHOWN:
-        shown = {0, 1, 2, len(growth) - 2, len(growth) - 1}
-        if first is not None:
-            shown |= {first - 1, first, first + 1}
-    parts: list[str] = []
-    for number, node in enumerate(growth):
-        if number not in shown:
-            if parts and parts[-1] != "...":
-                parts.append("...")
-            continue
-        value = node.difference
-        parts.append(f"{node.name} {'?' if value is None else format_difference(value)}")
-    return " -> ".join(parts)
 
 
 def _call_difference(
@@ -290,7 +249,7 @@ def find_origin(
         parting=parting,
         parting_index=parting_index,
         changed_params=changed_params,
-        growth=_growth(current, differences),
+        growth=growth_of(current, {i: d.difference for i, d in differences.items()}),
         returned=tuple(current.exit_order()),
     )
     first = next(
@@ -318,21 +277,14 @@ def find_origin(
     drift = None
     if verdict == "computation":
         drift = _drift(first.call, then)
-    return Origin(
-        recorded_calls=origin.recorded_calls,
-        current_calls=origin.current_calls,
-        differences=origin.differences,
-        parting=parting,
-        parting_index=parting_index,
+    return dataclasses.replace(
+        origin,
         first=first,
         inputs_match=inputs_match,
         params_match=params_match,
         model_inputs_match=model_inputs_match,
-        changed_params=changed_params,
         verdict=verdict,
         drift=drift,
-        growth=origin.growth,
-        returned=origin.returned,
     )
 
 
@@ -365,37 +317,3 @@ def _parting(tag: str, recorded: GoldenTrace, current: GoldenTrace, i: int, j: i
         f"call {j + 1}: recorded {then.display_name} ({then.cls}), now "
         f"{now.display_name} ({now.cls})"
     )
-
-
-def _growth(trace: GoldenTrace, differences: dict[int, CallDifference]) -> tuple[GrowthNode, ...]:
-    calls = trace.calls
-    children: dict[int, list[int]] = {}
-    for index, call in enumerate(calls):
-        children.setdefault(call.parent, []).append(index)
-    roots = children.get(-1, [])
-    if not roots:
-        return ()
-    numbered = {i for i, c in enumerate(calls) if c.qualname.rsplit(".", 1)[-1].isdigit()}
-    # A call that holds numbered blocks somewhere below it is a container to open.
-    holds_blocks: set[int] = set()
-    for index in numbered:
-        parent = calls[index].parent
-        while parent != -1 and parent not in holds_blocks:
-            holds_blocks.add(parent)
-            parent = calls[parent].parent
-    nodes = children.get(roots[0], []) if len(roots) == 1 else roots
-    while any(n in holds_blocks and n not in numbered and children.get(n) for n in nodes):
-        expanded: list[int] = []
-        for n in nodes:
-            if n in holds_blocks and n not in numbered and children.get(n):
-                expanded.extend(children[n])
-            else:
-                expanded.append(n)
-        nodes = expanded
-    growth = []
-    for n in nodes:
-        parts = calls[n].qualname.split(".") if calls[n].qualname else [calls[n].display_name]
-        label = ".".join(parts[-2:]) if parts[-1].isdigit() and len(parts) > 1 else parts[-1]
-        found = differences.get(n)
-        growth.append(GrowthNode(label, n, None if found is None else found.difference))
-    return tuple(growth)
