@@ -491,3 +491,21 @@ def test_the_growth_line_opens_containers_of_numbered_blocks_and_elides_the_midd
         "1.5e2",
         "inf",
     ]
+
+
+def test_a_sketch_is_the_same_at_any_thread_count() -> None:
+    # Byte-stable goldens: the norm must not follow how a reduction is split.
+    from pytest_determinism.nondeterminism.sketch import take_sketch
+
+    values = torch.randn(3_000_000, generator=torch.Generator().manual_seed(0))
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = take_sketch(torch, values)
+        torch.set_num_threads(2)
+        two = take_sketch(torch, values)
+    finally:
+        torch.set_num_threads(threads)
+    assert one == two
+    assert one[1] == pytest.approx(float(values.double().norm()), rel=1e-12)
+    assert len(one[0]) == 16 * 4

@@ -2,7 +2,9 @@
 to another run's tensor of the same shape can be estimated.
 
 A sketch holds :data:`SAMPLES` elements at fixed, evenly spaced positions of the flattened
-tensor (their exact bits) and the tensor's L2 norm. Two sketches of tensors of one shape
+tensor (their exact bits) and the tensor's L2 norm, summed in float64 in a fixed order, so
+the same tensor gives the same sketch on any machine and thread count (an unchanged golden
+stays byte-identical). Two sketches of tensors of one shape
 sample the same positions, so the estimate of their relative difference is the larger of
 
 - the largest difference among the samples, relative to the golden tensor's scale (the
@@ -31,6 +33,9 @@ __all__ = ["SAMPLES", "drift_of", "relative_difference", "sample_values", "take_
 #: Elements sampled per tensor.
 SAMPLES = 16
 
+# Elements squared at a time for the norm (512 KiB of float64).
+_NORM_CHUNK = 1 << 16
+
 
 def take_sketch(torch: Any, tensor: Any) -> tuple[bytes, float | None]:
     """The samples (raw bits) and the norm (``None`` where not finite) of a floating
@@ -39,18 +44,33 @@ def take_sketch(torch: Any, tensor: Any) -> tuple[bytes, float | None]:
     count = flat.numel()
     if count == 0:
         return b"", 0.0
-    if flat.is_cpu and flat.dtype in (torch.float32, torch.float64) and type(flat) is torch.Tensor:
+    native = flat.dtype in (torch.float32, torch.float64) and type(flat) is torch.Tensor
+    if flat.is_cpu:
         # NumPy on the tensor's own memory: a fraction of the cost of torch's dispatch, and
         # this runs for every output of every module call while recording.
-        values = flat.numpy()
-        sample = values[_positions(count)]
-        norm = float(np.linalg.norm(values))
-        return sample.tobytes(), norm if math.isfinite(norm) else None
-    positions = torch.from_numpy(_positions(count)).to(flat.device)
-    raw = bytes(flat[positions].cpu().view(torch.uint8).numpy().tobytes())
-    wide = flat if flat.dtype in (torch.float64, torch.float32) else flat.float()
-    norm = float(torch.linalg.vector_norm(wide))
+        values = (flat if native else flat.float()).numpy()
+        raw = values[_positions(count)].tobytes() if native else _raw_sample(torch, flat, count)
+        norm = _norm(values)
+    else:
+        raw = _raw_sample(torch, flat, count)
+        norm = float(torch.linalg.vector_norm(flat.double()))
     return raw, norm if math.isfinite(norm) else None
+
+
+def _raw_sample(torch: Any, flat: Any, count: int) -> bytes:
+    positions = torch.from_numpy(_positions(count)).to(flat.device)
+    return bytes(flat[positions].cpu().view(torch.uint8).numpy().tobytes())
+
+
+def _norm(values: np.ndarray[Any, Any]) -> float:
+    """The L2 norm, summed in float64 chunk by chunk: the same bits on every machine and
+    thread count (a BLAS dot splits long vectors across threads), with a bounded
+    temporary."""
+    total = 0.0
+    for start in range(0, values.size, _NORM_CHUNK):
+        chunk = values[start : start + _NORM_CHUNK]
+        total += float(np.square(chunk, dtype=np.float64).sum())
+    return math.sqrt(total)
 
 
 @functools.lru_cache(maxsize=1024)
