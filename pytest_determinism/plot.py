@@ -87,7 +87,7 @@ def plot_origin(origin: Origin, path: Path, title: str) -> None:
         axes.annotate(
             f"first beyond tolerance: call {first.index + 1}\n{first.call.display_name} "
             f"({first.call.cls})\n~{format_difference(first.difference)}, verdict: "
-            f"{origin.verdict}",
+            f"{origin.verdict}{'' if origin.inputs_match else ' (its inputs differ already)'}",
             xy=(rank[first.index], shown(first.difference)),
             xytext=(0.02, 0.97),
             textcoords="axes fraction",
