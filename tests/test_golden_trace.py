@@ -59,7 +59,7 @@ def build():
 
 
 {marker}
-def test_bert(golden_tensor):
+def test_bert(golden_tensor{args}):
     model = build()
     ids = torch.randint(0, 100, (2, 8))
     if CHANGE == "inputs":
@@ -67,13 +67,17 @@ def test_bert(golden_tensor):
     with torch.no_grad():
         out = model(input_ids=ids)
     golden_tensor.check(out.last_hidden_state, name="hidden")
+    if CHANGE == "raises":
+        raise ValueError("after the check")
 """
 
 MARKED = "@pytest.mark.deterministic"
 
 
-def _write_test(pytester: pytest.Pytester, change: str = "", marker: str = MARKED) -> None:
-    pytester.makepyfile(test_bert=BERT_TEST.format(change=change, marker=marker))
+def _write_test(
+    pytester: pytest.Pytester, change: str = "", marker: str = MARKED, args: str = ""
+) -> None:
+    pytester.makepyfile(test_bert=BERT_TEST.format(change=change, marker=marker, args=args))
 
 
 def _golden(pytester: pytest.Pytester) -> Path:
@@ -194,6 +198,34 @@ def test_a_passing_check_does_not_trace_again(pytester, run, monkeypatch) -> Non
     assert len(made) == 2  # the failure path: one traced re-run
 
 
+def test_the_determinism_fixture_gets_the_analysis_too(pytester, run) -> None:
+    _recorded(pytester, run)
+    _write_test(pytester, "weights", marker="", args=", determinism")
+    result = run()
+    result.assert_outcomes(failed=1)
+    assert "verdict: the weights changed" in _section(result)
+
+
+def test_a_failure_that_is_not_a_golden_difference_does_not_trace_again(
+    pytester, run, monkeypatch
+) -> None:
+    _recorded(pytester, run)
+    made = []
+    original = recorder_module.GoldenTraceRecorder.__init__
+
+    def counting(self, torch_module) -> None:
+        made.append(1)
+        original(self, torch_module)
+
+    monkeypatch.setattr(recorder_module.GoldenTraceRecorder, "__init__", counting)
+    _write_test(pytester, "raises")
+    result = run()
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*ValueError: after the check*"])
+    assert "pytest-determinism: golden trace" not in result.stdout.str()
+    assert made == []
+
+
 def test_unmarked_tests_record_but_do_not_trace_on_failure(pytester, run) -> None:
     _write_test(pytester, marker="")
     run("--update-golden").assert_outcomes(passed=1)
@@ -278,6 +310,16 @@ def test_diff_and_show_between_two_goldens(pytester, run, tmp_path) -> None:
     status, text = _cli("diff", str(before), str(before))
     assert status == 0
     assert "where the difference started" not in text
+    # An old golden on one side: the values are compared, and a line says what is missing.
+    old = tmp_path / "old.safetensors"
+    with read_golden(before) as golden:
+        metadata = {k: v for k, v in golden.metadata.items() if k != TRACE_KEY}
+        leaves = {key: golden.leaf(key) for key in golden.entries}
+        leaves = {k: type(v)(v.dtype, v.shape, v.data.copy()) for k, v in leaves.items()}
+    write_golden(old, leaves, metadata)
+    status, text = _cli("diff", str(old), str(after))
+    assert status == 1
+    assert f"where the difference started: {old} holds no golden trace" in text
 
 
 def test_diff_plot_draws_a_png(pytester, run, tmp_path) -> None:
