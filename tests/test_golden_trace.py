@@ -551,3 +551,37 @@ def test_a_sketch_is_the_same_at_any_thread_count() -> None:
     assert one == two
     assert one[1] == pytest.approx(float(values.double().norm()), rel=1e-12)
     assert len(one[0]) == 16 * 4
+
+
+class _Summing(torch.nn.Module):
+    """The same sum in one order or the other: a rounding difference, nothing more."""
+
+    def __init__(self, reverse: bool) -> None:
+        super().__init__()
+        self.reverse = reverse
+
+    def forward(self, x):
+        return (x.flip(-1) if self.reverse else x).sum(-1)
+
+
+def test_differences_within_tolerance_name_the_first_call_that_changed() -> None:
+    from pytest_determinism.golden.tolerances import default_tolerance
+    from pytest_determinism.nondeterminism.origin import find_origin
+
+    x = torch.randn(64, 4096, generator=torch.Generator().manual_seed(0))
+    traces = []
+    for reverse in (False, True):
+        model = torch.nn.Sequential(_Summing(reverse), torch.nn.Identity())
+        with torch.no_grad(), recording() as recorder:
+            model(x)
+        traces.append(recorder.golden_trace())
+    same = find_origin(traces[0], traces[0], default_tolerance).message()
+    assert "every module call's output is as recorded, bit for bit" in same
+    origin = find_origin(traces[0], traces[1], default_tolerance)
+    assert origin.first is None
+    assert origin.first_changed is not None
+    text = origin.message()
+    assert "no module call's output differs beyond its tolerance; the first whose bits " in text
+    assert "differ: 0 (_Summing), call 2 of 2" in text
+    assert "within rtol 1.3e-6 (float32)" in text
+    assert "drift kind of its output: rounding (" in text

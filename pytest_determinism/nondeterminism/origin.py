@@ -81,7 +81,8 @@ class Origin:
     ``first`` is the first matched call beyond its tolerance, in the order calls returned
     (``None``: none is); ``inputs_match`` / ``params_match`` say whether its inputs and its
     own parameters and buffers are as recorded, ``model_inputs_match`` whether the inputs
-    of its outermost call are; ``drift`` is the drift kind its sampled elements show.
+    of its outermost call are; ``drift`` is the drift kind its sampled elements show (of
+    ``first_changed`` where no call is beyond its tolerance).
     ``growth`` is the estimated difference after each top-level block, in call order.
     """
 
@@ -97,6 +98,8 @@ class Origin:
     changed_params: tuple[str, ...] = ()
     verdict: Verdict | None = None
     drift: Drift | None = None
+    #: Where no call is beyond its tolerance: the first whose bits differ at all.
+    first_changed: CallDifference | None = None
     growth: tuple[GrowthNode, ...] = ()
     #: The current trace's call indices in the order the calls returned.
     returned: tuple[int, ...] = ()
@@ -111,11 +114,7 @@ class Origin:
             lines.append(f"  the sequences of module calls part at {self.parting}")
         first = self.first
         if first is None:
-            lines.append(
-                "  no module call's output differs beyond its tolerance: the difference "
-                "comes from code outside the recorded module calls (after the model, or in "
-                "elements the sketches do not sample)"
-            )
+            lines.extend(self._within_tolerance())
         else:
             call = first.call
             tolerance = (
@@ -143,6 +142,32 @@ class Origin:
         if self.growth:
             lines.append(f"  along the model: {growth_line(self.growth, self._first_node())}")
         return "\n".join(lines)
+
+    def _within_tolerance(self) -> list[str]:
+        """What to say when no call's output differs beyond its tolerance."""
+        changed = self.first_changed
+        if changed is None:
+            return [
+                "  every module call's output is as recorded, bit for bit: the difference "
+                "comes from code outside the recorded module calls (after the model, or a "
+                "value no module produced)"
+            ]
+        call = changed.call
+        lines = [
+            "  no module call's output differs beyond its tolerance; the first whose bits "
+            f"differ: {call.display_name} ({call.cls}), call {changed.index + 1} of "
+            f"{self.current_calls}",
+            f"    estimated relative difference {format_difference(changed.difference)}, "
+            f"within rtol {format_difference(changed.tolerance)} ({changed.dtype})",
+        ]
+        if self.drift is not None:
+            lines.append(f"    drift kind of its output: {self.drift.describe(changed.dtype)}")
+        lines.append(
+            "  small differences that stay within tolerance through the model and exceed it "
+            "only in the checked value (where large terms cancel to small results), or a "
+            "larger one in elements the sketches do not sample"
+        )
+        return lines
 
     def _verdict_text(self) -> str:
         assert self.verdict is not None and self.first is not None
@@ -261,7 +286,18 @@ def find_origin(
         None,
     )
     if first is None:
-        return origin
+        changed = next(
+            (
+                differences[i]
+                for i in current.exit_order()
+                if i in differences and differences[i].difference > 0
+            ),
+            None,
+        )
+        if changed is None:
+            return origin
+        then = recorded.calls[changed.recorded_index]
+        return dataclasses.replace(origin, first_changed=changed, drift=_drift(changed.call, then))
     then = recorded.calls[first.recorded_index]
     inputs_match = first.call.inputs == then.inputs
     params_match = first.call.params == then.params
