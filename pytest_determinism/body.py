@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from pytest_determinism.golden.golden_tensor import GoldenTensor
     from pytest_determinism.session import PluginSession
 
-__all__ = ["raised_at", "run_body"]
+__all__ = ["note_origin", "raised_at", "run_body"]
 
 
 def run_body(
@@ -40,7 +40,12 @@ def run_body(
             run_ci_mode(item, active, golden, plugin_session.options.runs, plugin_session.record)
         else:
             active.before_body()
-            item.ihook.pytest_pyfunc_call(pyfuncitem=item)
+            try:
+                item.ihook.pytest_pyfunc_call(pyfuncitem=item)
+            except Exception:
+                if golden is not None:
+                    note_origin(item, active, golden)
+                raise
     except StochasticModuleError as exc:
         # Raised from the forward pre-hook; torch's and the hook's frames say nothing.
         explained = str(exc) + _location_in(exc, item)
@@ -54,6 +59,17 @@ def run_body(
     if explained is not None:
         # Outside the except block, so the report is not chained to torch's traceback.
         pytest.fail(explained, pytrace=False)
+
+
+def note_origin(item: pytest.Function, active: ActiveTest, golden: GoldenTensor) -> None:
+    """Where a failed golden check's difference started, kept for the test's report (the
+    body runs once more, traced, only when a check's values differed from a golden that
+    holds a trace)."""
+    from pytest_determinism.golden_traces import ORIGIN_NOTE, origin_note
+
+    note = origin_note(item, active, golden)
+    if note is not None:
+        item.stash[ORIGIN_NOTE] = note
 
 
 def raised_at(exc: BaseException, item: pytest.Function) -> str | None:

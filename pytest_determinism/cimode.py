@@ -105,6 +105,9 @@ def run_ci_mode(
         record.nondeterministic.append(item.nodeid)
         pytest.fail(verdict.message, pytrace=False)
     if golden is not None and golden.pending_failure is not None:
+        from pytest_determinism.body import note_origin
+
+        note_origin(item, active, golden)
         pytest.fail(golden.pending_failure, pytrace=False)
     first_error = verdict.errors[0] if verdict.errors else None
     if first_error is not None:

@@ -1,8 +1,10 @@
 """``python -m pytest_determinism show|diff|audit``: golden files and models outside a test run.
 
 ``show PATH...`` prints each file's keys (dtype, shape, min, max, mean, NaN and Inf
-counts) and metadata. ``diff GOLDEN OTHER`` compares ``OTHER`` against ``GOLDEN`` with the
-default tolerances and prints the message a failing check would. Exit status: 0 when every
+counts) and metadata, the golden trace as the number of module calls it holds. ``diff
+GOLDEN OTHER`` compares ``OTHER`` against ``GOLDEN`` with the default tolerances and prints
+the message a failing check would; where both hold a golden trace, where the difference
+started, as a failing test says it (``--plot FILE.png`` draws it). Exit status: 0 when every
 file was shown or the two files match, 1 when they differ, 2 on bad input. Files are read
 as safetensors only, never unpickled, and no traceback is ever printed. ``audit TARGET``
 checks one model (:mod:`pytest_determinism.audit.command`).
@@ -21,6 +23,7 @@ from pytest_determinism.audit.command import add_arguments as add_audit_argument
 from pytest_determinism.audit.command import audit
 from pytest_determinism.errors import GoldenFileError
 from pytest_determinism.golden.compare import compare_leaves
+from pytest_determinism.golden.golden_trace import TRACE_KEY, GoldenTrace, decode_trace
 from pytest_determinism.golden.mismatch import format_shape, format_value, mismatch_message
 from pytest_determinism.golden.statistics import Statistics, statistics_of
 from pytest_determinism.golden.storage import GoldenFile, read_golden
@@ -60,6 +63,13 @@ def _parser() -> argparse.ArgumentParser:
     diff.add_argument("--atol", type=float, default=None, help="absolute tolerance")
     diff.add_argument("--exact", action="store_true", help="require identical bits")
     diff.add_argument("--no-equal-nan", action="store_true", help="NaN does not match NaN")
+    diff.add_argument(
+        "--plot",
+        metavar="FILE.png",
+        default=None,
+        help="draw the relative difference per module call along the model (both goldens "
+        "must hold a golden trace; needs the extra 'plot')",
+    )
     add_audit_arguments(
         commands.add_parser("audit", help="check one model for every kind of nondeterminism")
     )
@@ -116,8 +126,62 @@ def _show(paths: Sequence[str], out: TextIO) -> int:
             if not golden.metadata:
                 out.write("    (none)\n")
             for name in sorted(golden.metadata):
-                out.write(f"    {name}: {golden.metadata[name]}\n")
+                if name == TRACE_KEY:
+                    trace = _trace(golden)
+                    size = len(golden.metadata[name])
+                    out.write(f"    {name}: {len(trace or ())} module calls ({size} bytes)\n")
+                else:
+                    out.write(f"    {name}: {golden.metadata[name]}\n")
     return EXIT_OK
+
+
+def _trace(golden: GoldenFile) -> GoldenTrace | None:
+    """The golden trace of ``golden``, ``None`` where it holds none."""
+    text = golden.metadata.get(TRACE_KEY)
+    if text is None:
+        return None
+    try:
+        return decode_trace(text)
+    except ValueError as exc:
+        raise _BadInput(
+            f"{golden.path}: its golden trace cannot be read: {exc}; re-record it with "
+            "pytest --update-golden"
+        ) from None
+
+
+def _origin(
+    arguments: argparse.Namespace, golden: GoldenFile, other: GoldenFile, passed: bool
+) -> str | None:
+    """Where the difference of ``other`` from ``golden`` started, drawn with ``--plot``."""
+    recorded, current = _trace(golden), _trace(other)
+    if recorded is None or current is None:
+        if arguments.plot is not None:
+            lacking = golden.path if recorded is None else other.path
+            raise _BadInput(
+                f"--plot needs a golden trace in both files; {lacking} holds none (record "
+                "it with pytest --update-golden)"
+            )
+        if passed:
+            return None
+        lacking = golden.path if recorded is None else other.path
+        return (
+            f"where the difference started: {lacking} holds no golden trace (record it with "
+            "pytest --update-golden to see where in the model a difference starts)"
+        )
+    from pytest_determinism.nondeterminism.origin import find_origin
+
+    origin = find_origin(
+        recorded,
+        current,
+        lambda dtype: resolve_tolerance(
+            dtype, rtol=arguments.rtol, atol=arguments.atol, exact=arguments.exact
+        ),
+    )
+    if arguments.plot is not None:
+        from pytest_determinism.plot import plot_origin
+
+        plot_origin(origin, Path(arguments.plot), f"{other.path} against {golden.path}")
+    return None if passed else origin.message()
 
 
 def _diff(arguments: argparse.Namespace, out: TextIO) -> int:
@@ -125,6 +189,11 @@ def _diff(arguments: argparse.Namespace, out: TextIO) -> int:
         value = getattr(arguments, name)
         if value is not None and not value >= 0:
             raise _BadInput(f"--{name} must be a number >= 0, got {value}")
+    if arguments.plot is not None:
+        from pytest_determinism.plot import MISSING_EXTRA, matplotlib_missing
+
+        if matplotlib_missing():
+            raise _BadInput(f"--plot: {MISSING_EXTRA}")
     golden = _open(arguments.golden)
     other = _open(arguments.other)
     with golden, other:
@@ -136,6 +205,7 @@ def _diff(arguments: argparse.Namespace, out: TextIO) -> int:
             ),
             equal_nan=not arguments.no_equal_nan,
         )
+        origin = _origin(arguments, golden, other, result.passed)
         if result.passed:
             count = len(result.comparisons)
             out.write(f"{other.path} matches {golden.path} ({count} key{'s' * (count != 1)})\n")
@@ -152,6 +222,8 @@ def _diff(arguments: argparse.Namespace, out: TextIO) -> int:
             )
             + "\n"
         )
+        if origin is not None:
+            out.write(f"\n{origin}\n")
         return EXIT_DIFFER
 
 

@@ -23,6 +23,7 @@ __all__ = [
     "SessionOptions",
     "TestSettings",
     "add_options",
+    "parse_bool",
     "parse_golden_tolerances",
     "parse_runs",
     "parse_seed",
@@ -101,6 +102,8 @@ class SessionOptions:
     report_path: Path | None = None
     #: the CPU thread count of every marked test whose marker sets none; None: left alone
     threads: int | None = None
+    #: whether --update-golden records the golden trace of module calls (ini golden_trace)
+    golden_trace: bool = True
 
 
 def add_options(parser: pytest.Parser) -> None:
@@ -166,6 +169,27 @@ def add_options(parser: pytest.Parser) -> None:
         "default tolerances per dtype, one a line: 'bfloat16: rtol=2e-2 atol=1e-3'",
         type="linelist",
     )
+    parser.addini(
+        "golden_trace",
+        "record the module calls of each golden test in its golden file under "
+        "--update-golden, to say where a later difference started (true or false; "
+        "default true)",
+    )
+
+
+def parse_bool(value: object, what: str) -> bool:
+    """``true``/``false`` (also ``yes``/``no``, ``on``/``off``, ``1``/``0``), any case, or
+    ``OptionError`` naming ``what``."""
+    text = str(value).strip().lower()
+    if text in _TRUE:
+        return True
+    if text in _FALSE:
+        return False
+    raise OptionError(f"{what} must be true or false, got {value!r}")
+
+
+_TRUE = frozenset({"true", "yes", "on", "1"})
+_FALSE = frozenset({"false", "no", "off", "0"})
 
 
 def session_options(config: pytest.Config) -> SessionOptions:
@@ -185,6 +209,7 @@ def session_options(config: pytest.Config) -> SessionOptions:
                 f"got {golden_dir_ini!r}"
             )
     report = config.getoption("determinism_report")
+    trace_ini = config.getini("golden_trace")
     return SessionOptions(
         seed=0 if seed is None else seed,
         runs=2 if runs is None else runs,
@@ -193,6 +218,7 @@ def session_options(config: pytest.Config) -> SessionOptions:
         golden_dir=golden_dir,
         report_path=Path(report).resolve() if report else None,
         threads=threads,
+        golden_trace=parse_bool(trace_ini, "ini golden_trace") if trace_ini else True,
     )
 
 

@@ -17,6 +17,7 @@ import pytest
 
 from pytest_determinism.errors import DeterminismWarning
 from pytest_determinism.golden.environment import device_description, torch_version
+from pytest_determinism.golden_traces import ORIGIN_NOTE, TraceRecording
 from pytest_determinism.inventory import delete_unused, take_inventory
 from pytest_determinism.options import (
     OptionError,
@@ -84,6 +85,8 @@ def pytest_configure(config: pytest.Config) -> None:
             ),
             stacklevel=2,
         )
+    if options.update_golden and options.golden_trace:
+        config.pluginmanager.register(TraceRecording(), "determinism-trace")
     if config.pluginmanager.hasplugin("xdist"):
         from pytest_determinism.xdist_hooks import XdistHooks
 
@@ -236,6 +239,7 @@ def pytest_runtest_makereport(
             from pytest_determinism.report_notes import add_note
 
             add_note(report, "eval mode", active.guard.failure_note())
+            add_note(report, "golden trace", item.stash.get(ORIGIN_NOTE, None))
     if (report.when == "call" or report.failed) and (
         SETTINGS in item.stash or GOLDEN in item.stash
     ):

@@ -19,6 +19,7 @@ from typing import Any
 from pytest_determinism.errors import GoldenFileError
 from pytest_determinism.golden.compare import compare_leaves
 from pytest_determinism.golden.environment import environment_metadata
+from pytest_determinism.golden.golden_trace import TRACE_KEY, GoldenTrace, decode_trace
 from pytest_determinism.golden.mismatch import mismatch_message, update_command
 from pytest_determinism.golden.result import GoldenResult, key_entry
 from pytest_determinism.golden.storage import (
@@ -88,6 +89,10 @@ class GoldenTensor:
         self._passed = 0
         self._failed = 0
         self._entries: list[dict[str, Any]] = []
+        #: Whether a check's values differed from the golden (not a missing file or name).
+        self.values_differ = False
+        # Under --update-golden: the golden trace recorded for this test, as stored.
+        self._trace_text: str | None = None
 
     def __repr__(self) -> str:
         mode = "recording" if self.update else "comparing"
@@ -105,10 +110,41 @@ class GoldenTensor:
         self._keys = set()
         self._evidence[index] = {}
 
+    @property
+    def run_index(self) -> int:
+        """The run now being made (``0`` outside the CI mode)."""
+        return self._run
+
     def evidence(self, index: int) -> dict[str, Leaf]:
         """What run ``index`` checked, keyed ``"name"`` or ``"name.key"`` (CI mode only:
         leaves are kept from :meth:`start_run` on)."""
         return dict(self._evidence.get(index, {}))
+
+    # -- the golden trace ----------------------------------------------------------------
+
+    def keep_trace(self, text: str | None) -> None:
+        """Under ``--update-golden``: the encoded golden trace to write with the values
+        (``None``: none)."""
+        self._trace_text = text
+
+    def recorded_trace(self) -> GoldenTrace | None:
+        """The golden trace the golden file holds, or ``None`` (no file, or an old one
+        without a trace). A trace that cannot be read is a
+        :class:`~pytest_determinism.errors.GoldenFileError` naming the file."""
+        try:
+            golden = self._golden()
+        except GoldenFileError:
+            return None
+        text = golden.metadata.get(TRACE_KEY)
+        if text is None:
+            return None
+        try:
+            return decode_trace(text)
+        except ValueError as exc:
+            raise GoldenFileError(
+                f"the golden trace in {self.path} cannot be read: {exc}.\n"
+                f"  Re-record it: {update_command(self.command_id)}"
+            ) from None
 
     # -- checking --------------------------------------------------------------------
 
@@ -300,6 +336,7 @@ class GoldenTensor:
                 self._entries.append(key_entry(key, outcome, leaf, comparison))
         if result.passed:
             return None
+        self.values_differ = True
         devices = sorted({leaf.device for leaf in leaves.values()})
         current = environment_metadata(test_id=self.test_id, seed=self.seed, devices=devices)
         return mismatch_message(
@@ -351,6 +388,8 @@ class GoldenTensor:
                 test_id=self.test_id, seed=self.seed, devices=recording.devices
             )
             metadata[CHECKS_KEY] = encode_checks(self._recorded)
+            if self._trace_text is not None:
+                metadata[TRACE_KEY] = self._trace_text
             file_written = self._writer.commit(metadata)
         return GoldenResult(
             path=self.path,
@@ -389,6 +428,7 @@ class GoldenTensor:
             and recording.updated == 0
             and sorted(old.entries) == sorted(kept)
             and old.recorded_checks() == self._recorded
+            and old.metadata.get(TRACE_KEY) == self._trace_text
         )
         return recording
 

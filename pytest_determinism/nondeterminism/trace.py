@@ -51,7 +51,7 @@ import dataclasses
 import functools
 import threading
 import weakref
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -69,6 +69,7 @@ __all__ = [
     "Fingerprint",
     "LeafPrint",
     "OutermostObserver",
+    "Returned",
     "Trace",
     "tracing",
 ]
@@ -82,6 +83,10 @@ LeafPrint = tuple[str, str, tuple[int, ...], int]
 
 #: Everything found in one nested value, in traversal order.
 Fingerprint = tuple[LeafPrint, ...]
+
+#: Called as ``returned(index, module, result)`` when call number ``index`` returns
+#: normally: what a recorder that needs more than fingerprints of the outputs reads.
+Returned = Callable[[int, Any, Any], None]
 
 # Containers nested deeper than this are summarised by their type: module arguments that
 # deep are configuration, not activations, and the bound keeps self-containing lists finite.
@@ -218,8 +223,14 @@ class _Tracer:
     """The recording state of one :func:`tracing` block; ``enter`` and ``exit`` are the
     global hooks while it is the innermost block."""
 
-    def __init__(self, torch: Any, observer: OutermostObserver | None) -> None:
+    def __init__(
+        self,
+        torch: Any,
+        observer: OutermostObserver | None,
+        returned: Returned | None = None,
+    ) -> None:
         self.torch = torch
+        self.returned = returned
         self.tensor_type = torch.Tensor
         self.observer = observer
         self.thread = threading.get_ident()
@@ -447,8 +458,11 @@ class _Tracer:
             # bumping the version counter: hash those buffers afresh at the next call.
             for buffer in module._buffers.values():
                 self.digests.pop(id(buffer), None)
-        trace.exit_order.append(row[_LAST])
+        index = row[_LAST]
+        trace.exit_order.append(index)
         row[_LAST] = len(trace.rows) - 1
+        if self.returned is not None and len(rest) == 2:
+            self.returned(index, module, rest[1])
         if not stack and self.observer is not None:
             self.observer.outermost_exit(module, row[_OUTER])
 
@@ -529,6 +543,7 @@ def tracing(
     *,
     ops: OpRecorder | None = None,
     window: int = OUTSIDE,
+    returned: Returned | None = None,
 ) -> Iterator[Trace]:
     """Record every module call made inside the block into the yielded :class:`Trace`.
 
@@ -539,12 +554,13 @@ def tracing(
 
     With ``ops``, the torch ops run inside call number ``window`` (its entry index, as in
     :attr:`CallRecord.index`), or outside every module call for :data:`OUTSIDE`, are
-    recorded into it as well.
+    recorded into it as well. ``returned`` hears each call's result as it returns (without
+    ``ops`` only).
     """
     import torch
 
     if ops is None:
-        tracer = _Tracer(torch, observer)
+        tracer = _Tracer(torch, observer, returned)
         with block(tracer):
             yield tracer.trace
         return
