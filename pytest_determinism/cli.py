@@ -23,7 +23,7 @@ from pytest_determinism.audit.command import add_arguments as add_audit_argument
 from pytest_determinism.audit.command import audit
 from pytest_determinism.errors import GoldenFileError
 from pytest_determinism.golden.compare import compare_leaves
-from pytest_determinism.golden.golden_trace import TRACE_KEY, GoldenTrace, decode_trace
+from pytest_determinism.golden.golden_trace import TRACE_KEY, GoldenTrace, stored_trace
 from pytest_determinism.golden.mismatch import format_shape, format_value, mismatch_message
 from pytest_determinism.golden.statistics import Statistics, statistics_of
 from pytest_determinism.golden.storage import GoldenFile, read_golden
@@ -137,11 +137,8 @@ def _show(paths: Sequence[str], out: TextIO) -> int:
 
 def _trace(golden: GoldenFile) -> GoldenTrace | None:
     """The golden trace of ``golden``, ``None`` where it holds none."""
-    text = golden.metadata.get(TRACE_KEY)
-    if text is None:
-        return None
     try:
-        return decode_trace(text)
+        return stored_trace(golden.metadata)
     except ValueError as exc:
         raise _BadInput(
             f"{golden.path}: its golden trace cannot be read: {exc}; re-record it with "

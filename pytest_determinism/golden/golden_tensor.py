@@ -19,7 +19,7 @@ from typing import Any
 from pytest_determinism.errors import GoldenFileError
 from pytest_determinism.golden.compare import compare_leaves
 from pytest_determinism.golden.environment import environment_metadata
-from pytest_determinism.golden.golden_trace import TRACE_KEY, GoldenTrace, decode_trace
+from pytest_determinism.golden.golden_trace import TRACE_KEY, GoldenTrace, stored_trace
 from pytest_determinism.golden.mismatch import mismatch_message, update_command
 from pytest_determinism.golden.result import GoldenResult, key_entry
 from pytest_determinism.golden.storage import (
@@ -135,11 +135,8 @@ class GoldenTensor:
             golden = self._golden()
         except GoldenFileError:
             return None
-        text = golden.metadata.get(TRACE_KEY)
-        if text is None:
-            return None
         try:
-            return decode_trace(text)
+            return stored_trace(golden.metadata)
         except ValueError as exc:
             raise GoldenFileError(
                 f"the golden trace in {self.path} cannot be read: {exc}.\n"

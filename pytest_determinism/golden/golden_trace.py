@@ -23,6 +23,7 @@ import base64
 import binascii
 import json
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,6 +38,7 @@ __all__ = [
     "TracedOutput",
     "decode_trace",
     "encode_trace",
+    "stored_trace",
 ]
 
 #: Metadata key of the golden trace in a golden file.
@@ -168,6 +170,14 @@ def decode_trace(text: str) -> GoldenTrace:
         except (TypeError, ValueError, binascii.Error) as exc:
             raise ValueError(f"call {number} is malformed ({exc})") from None
     return GoldenTrace(tuple(calls))
+
+
+def stored_trace(metadata: Mapping[str, str]) -> GoldenTrace | None:
+    """The golden trace a golden file's ``metadata`` holds, ``None`` where it holds none (a
+    golden recorded before traces, or with ``golden_trace = false``); ``ValueError`` when
+    it cannot be read."""
+    text = metadata.get(TRACE_KEY)
+    return None if text is None else decode_trace(text)
 
 
 def _call(row: Any, number: int) -> TracedCall:
