@@ -298,14 +298,14 @@ def test_diff_and_show_between_two_goldens(pytester, run, tmp_path) -> None:
     after = _recorded(pytester, run, "weights")
     status, text = _cli("show", str(after))
     assert status == 0
-    assert "    trace: 44 module calls (" in text
+    assert "    trace: 45 module calls (" in text
     status, text = _cli("diff", str(before), str(after))
     assert status == 1
     assert "golden mismatch in" in text
     assert (
-        "where the difference started (golden trace: 44 module calls recorded, 44 made now)" in text
+        "where the difference started (golden trace: 45 module calls recorded, 45 made now)" in text
     )
-    assert "encoder.layer.1.intermediate.dense (Linear), call 37 of 44" in text
+    assert "encoder.layer.1.intermediate.dense (Linear), call 37 of 45" in text
     assert "verdict: the weights changed" in text
     status, text = _cli("diff", str(before), str(before))
     assert status == 0
@@ -494,7 +494,7 @@ def test_recording_in_run_0_keeps_a_repeatable_test_passing(pytester, run) -> No
     result = run("--update-golden", "--determinism", "--determinism-runs", "1")
     result.assert_outcomes(passed=1)
     with read_golden(_golden(pytester)) as golden:
-        assert len(decode_trace(golden.metadata[TRACE_KEY])) == 44
+        assert len(decode_trace(golden.metadata[TRACE_KEY])) == 45
 
 
 def _call(qualname: str, parent: int) -> TracedCall:
@@ -582,6 +582,26 @@ def test_differences_within_tolerance_name_the_first_call_that_changed() -> None
     assert origin.first_changed is not None
     text = origin.message()
     assert "no module call's output differs beyond its tolerance; the first whose bits " in text
-    assert "differ: 0 (_Summing), call 2 of 2" in text
+    assert "differ: 0 (_Summing), call 2 of 3" in text
     assert "within rtol 1.3e-6 (float32)" in text
     assert "drift kind of its output: rounding (" in text
+
+
+def test_a_swapped_activation_is_named_where_the_sequences_part() -> None:
+    # The CI mode's tracer skips torch's elementwise activations (they cannot make two
+    # runs part); a golden trace compares two versions of a model, and ReLU for GELU is
+    # exactly the change to name.
+    from pytest_determinism.golden.tolerances import default_tolerance
+    from pytest_determinism.nondeterminism.origin import find_origin
+
+    x = torch.randn(4, 8, generator=torch.Generator().manual_seed(0))
+    traces = []
+    for activation in (torch.nn.ReLU(), torch.nn.GELU()):
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(8, 8), activation, torch.nn.Linear(8, 2))
+        with torch.no_grad(), recording() as recorder:
+            model(x)
+        traces.append(recorder.golden_trace())
+    assert [call.cls for call in traces[0].calls] == ["Sequential", "Linear", "ReLU", "Linear"]
+    text = find_origin(traces[0], traces[1], default_tolerance).message()
+    assert "the sequences of module calls part at call 3: recorded 1 (ReLU), now 1 (GELU)" in text

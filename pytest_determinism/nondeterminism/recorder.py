@@ -2,8 +2,9 @@
 and digests of their parameters, as a golden file stores them.
 
 It rides on the module tracer (:func:`~pytest_determinism.nondeterminism.trace.tracing`),
-so names, classes, nesting, pass-through classes and compiled modules are what the CI mode
-sees. On top, as each call returns, it takes the sketch of each floating output
+so names, classes, nesting and compiled modules are what the CI mode sees; unlike the CI
+mode it records the pass-through classes too (``ReLU``, ``GELU``, ...). On top, as each
+call returns, it takes the sketch of each floating output
 (:mod:`pytest_determinism.nondeterminism.sketch`) and a digest of the module's own
 parameters and buffers, of every byte: a golden trace is compared with runs of another
 process, another version, another checkpoint, where a version counter means nothing. A
@@ -184,6 +185,8 @@ def recording() -> Iterator[GoldenTraceRecorder]:
 
     recorder = GoldenTraceRecorder(torch)
     # The seed probe of a CI-mode run listens to the outermost calls: it keeps hearing them.
-    with tracing(enclosing_observer(), returned=recorder.returned) as trace:
+    # Every class is recorded: an activation swapped for another (ReLU for GELU) is a
+    # change between two versions that the golden trace should name.
+    with tracing(enclosing_observer(), returned=recorder.returned, every_class=True) as trace:
         recorder.trace = trace
         yield recorder

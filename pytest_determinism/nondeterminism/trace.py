@@ -228,6 +228,7 @@ class _Tracer:
         torch: Any,
         observer: OutermostObserver | None,
         returned: Returned | None = None,
+        every_class: bool = False,
     ) -> None:
         self.torch = torch
         self.returned = returned
@@ -246,7 +247,7 @@ class _Tracer:
         self.digests: dict[int, tuple[Any, int, int, str, Any, int]] = {}
         self.dtype_names: dict[Any, str] = {}
         self.classes: dict[type, tuple[str, str, bool, bool]] = {}
-        self.pass_through = _pass_through_classes(torch)
+        self.pass_through = frozenset() if every_class else _pass_through_classes(torch)
 
     def install(self) -> None:
         hooks.subscribe(pre=self.enter, post=self.exit)
@@ -544,6 +545,7 @@ def tracing(
     ops: OpRecorder | None = None,
     window: int = OUTSIDE,
     returned: Returned | None = None,
+    every_class: bool = False,
 ) -> Iterator[Trace]:
     """Record every module call made inside the block into the yielded :class:`Trace`.
 
@@ -555,12 +557,14 @@ def tracing(
     With ``ops``, the torch ops run inside call number ``window`` (its entry index, as in
     :attr:`CallRecord.index`), or outside every module call for :data:`OUTSIDE`, are
     recorded into it as well. ``returned`` hears each call's result as it returns (without
-    ``ops`` only).
+    ``ops`` only). ``every_class`` records the calls of pass-through classes too (``ReLU``,
+    ``GELU``, ``Identity``, ...), which cannot make two runs of one program part but do
+    tell two versions of a model apart.
     """
     import torch
 
     if ops is None:
-        tracer = _Tracer(torch, observer, returned)
+        tracer = _Tracer(torch, observer, returned, every_class)
         with block(tracer):
             yield tracer.trace
         return
