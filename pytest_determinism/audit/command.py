@@ -32,24 +32,20 @@ EXIT_FINDING = 1
 EXIT_BAD_INPUT = 2
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 2, got {text!r}") from None
-    if value < 2:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 2, got {value}")
-    return value
+def _at_least(minimum: int) -> Callable[[str], int]:
+    """An argparse type: a whole number of at least ``minimum``."""
 
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < minimum:
+            shown = repr(text) if value is None else value
+            raise argparse.ArgumentTypeError(f"expected a whole number >= {minimum}, got {shown}")
+        return value
 
-def _seed(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {value}")
-    return value
+    return parse
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -62,14 +58,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--seed",
-        type=_seed,
+        type=_at_least(0),
         default=0,
         metavar="N",
         help="seed for building the model and every run",
     )
     parser.add_argument(
         "--runs",
-        type=_positive,
+        type=_at_least(2),
         default=2,
         metavar="N",
         help="reseeded runs compared by `repeatable`",
