@@ -251,3 +251,30 @@ def test_checks_training_behaviour():
         )
         own = result.stdout.str().split("_ test_fails_without_a_switch _")[1]
         assert "its own failure" in own and "pytest-determinism: eval mode" not in own
+
+
+def test_a_child_back_in_training_mode_is_found_past_an_empty_slot() -> None:
+    # The outermost call looks through the whole registered tree, where a slot may hold
+    # None (an optional head left out); the child found in training mode is switched.
+    torch = pytest.importorskip("torch")
+    from pytest_determinism.state.evalmode import EvalModeGuard
+
+    class Net(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.register_module("pooler", None)
+            self.body = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Dropout(0.5))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.body(x)
+
+    net = Net().eval()
+    net.body.train()
+    guard = EvalModeGuard(strict=False, warn=False)
+    guard.install()
+    try:
+        net(torch.ones(2, 4))
+        assert not net.body.training and not net.body[1].training
+    finally:
+        guard.restore()
+    assert net.body.training and not net.training

@@ -102,11 +102,15 @@ def _any_training(module: Any) -> bool:
     # A plain walk over ``_modules``: Module.modules() builds every qualified name on the
     # way, several times the cost, at every outermost call.
     stack = [module]
+    pop, extend = stack.pop, stack.extend
     while stack:
-        sub = stack.pop()
+        sub = pop()
+        # ``_modules`` may hold None for a submodule slot left empty.
+        if sub is None:
+            continue
         if sub.training:
             return True
-        stack.extend(child for child in sub._modules.values() if child is not None)
+        extend(sub._modules.values())
     return False
 
 
