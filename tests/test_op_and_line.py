@@ -191,14 +191,18 @@ def test_passing_runs_record_nothing(pytester: pytest.Pytester, run) -> None:
     pytester.makeconftest(
         """
         import pytest
-        from pytest_determinism.nondeterminism import ops, trace
+        # The classes the re-runs use, looked up as they do (through sys.modules): an
+        # in-process pytester run drops the modules first imported inside it, while
+        # `from package import module` may still find the dropped one on the package.
+        from pytest_determinism.nondeterminism.recorded import OpRecorder
+        from pytest_determinism.nondeterminism.trace import Tracer
 
         made = {"tracers": 0, "recorders": 0}
 
         @pytest.fixture(autouse=True)
         def spy(monkeypatch, request):
-            original_init = trace._Tracer.__init__
-            original_mode = ops.OpRecorder.mode
+            original_init = Tracer.__init__
+            original_mode = OpRecorder.mode
 
             def counting_init(self, *args, **kwargs):
                 made["tracers"] += 1
@@ -208,8 +212,8 @@ def test_passing_runs_record_nothing(pytester: pytest.Pytester, run) -> None:
                 made["recorders"] += 1
                 return original_mode(self, *args, **kwargs)
 
-            monkeypatch.setattr(trace._Tracer, "__init__", counting_init)
-            monkeypatch.setattr(ops.OpRecorder, "mode", counting_mode)
+            monkeypatch.setattr(Tracer, "__init__", counting_init)
+            monkeypatch.setattr(OpRecorder, "mode", counting_mode)
             yield
             print(f"\\nMADE {request.node.name} {made['tracers']} {made['recorders']}")
             made["tracers"] = made["recorders"] = 0

@@ -54,14 +54,16 @@ import weakref
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pytest_determinism.nondeterminism.blocks import OutermostObserver, block
 from pytest_determinism.nondeterminism.digest import array_digest, tensor_digest
-from pytest_determinism.nondeterminism.ops import OpRecorder
 from pytest_determinism.state import hooks
 from pytest_determinism.state.evalmode import is_stochastic
 from pytest_determinism.state.snapshot import TorchFlags, capture_torch_flags
+
+if TYPE_CHECKING:
+    from pytest_determinism.nondeterminism.ops import OpRecorder
 
 __all__ = [
     "OUTSIDE",
@@ -71,6 +73,7 @@ __all__ = [
     "OutermostObserver",
     "Returned",
     "Trace",
+    "Tracer",
     "tracing",
 ]
 
@@ -219,9 +222,11 @@ def _pass_through_classes(torch: Any) -> frozenset[type]:
     return frozenset(getattr(nn, name) for name in _PASS_THROUGH.split() if hasattr(nn, name))
 
 
-class _Tracer:
+class Tracer:
     """The recording state of one :func:`tracing` block; ``enter`` and ``exit`` are the
-    global hooks while it is the innermost block."""
+    global hooks while it is the innermost block. Subclassed by the op tracer
+    (:mod:`pytest_determinism.nondeterminism.op_tracing`), which reads the rows through
+    :meth:`compiled`."""
 
     def __init__(
         self,
@@ -254,6 +259,11 @@ class _Tracer:
 
     def uninstall(self) -> None:
         hooks.unsubscribe(pre=self.enter, post=self.exit)
+
+    @staticmethod
+    def compiled(row: list[Any]) -> bool:
+        """Whether the call of a raw row (``trace.rows``, ``stack``) is a compiled module."""
+        return row[_COMPILED] is not None
 
     def _leaf(self, tensor: Any, path: str) -> LeafPrint:
         try:
@@ -472,72 +482,6 @@ class _Tracer:
 OUTSIDE = -1
 
 
-class _OpTracer(_Tracer):
-    """A tracer that also switches an op recorder on inside one call (or outside all).
-
-    The recorder's dispatch mode is pushed only while the window is open and no compiled
-    call runs inside it (compiled code is not to run under a dispatch mode), and the
-    tracer's own hooks pause it, so their digests are not taken for the model's ops.
-    """
-
-    def __init__(
-        self, torch: Any, observer: OutermostObserver | None, recorder: OpRecorder, window: int
-    ) -> None:
-        super().__init__(torch, observer)
-        self.recorder = recorder
-        self.window = window
-        self.mode = recorder.mode(torch)
-        self.open = window == OUTSIDE
-        self.pushed = False
-        self.compiled_depth = 0
-
-    def sync(self) -> None:
-        """Push or pop the dispatch mode to match the window; resume recording."""
-        wanted = self.open and not self.compiled_depth
-        if wanted and not self.pushed:
-            self.mode.__enter__()
-            self.pushed = True
-        elif not wanted and self.pushed:
-            self.mode.__exit__(None, None, None)
-            self.pushed = False
-        self.recorder.active = wanted
-
-    def enter(self, module: Any, args: tuple[Any, ...]) -> None:
-        self.recorder.active = False
-        rows = len(self.trace.rows)
-        super().enter(module, args)
-        if len(self.trace.rows) > rows:
-            row = self.trace.rows[-1]
-            if self.window == OUTSIDE:
-                self.open = False
-            elif rows == self.window:
-                self.open = True
-            if self.open and row[_COMPILED] is not None:
-                self.compiled_depth += 1
-        self.sync()
-
-    def exit(self, module: Any, args: tuple[Any, ...], *rest: Any) -> None:
-        self.recorder.active = False
-        stack, exits = self.stack, self.trace.exit_order
-        row = stack[-1][1] if stack else None
-        returned = len(exits)
-        super().exit(module, args, *rest)
-        if row is not None and len(exits) > returned:
-            if self.open and row[_COMPILED] is not None and self.compiled_depth:
-                self.compiled_depth -= 1
-            if exits[-1] == self.window:
-                self.open = False
-            if self.window == OUTSIDE and not stack:
-                self.open = True
-        self.sync()
-
-    def close(self) -> None:
-        """End of the block: the dispatch mode goes, whatever state the calls left."""
-        self.open = False
-        self.compiled_depth = 0
-        self.sync()
-
-
 @contextmanager
 def tracing(
     observer: OutermostObserver | None = None,
@@ -564,11 +508,13 @@ def tracing(
     import torch
 
     if ops is None:
-        tracer = _Tracer(torch, observer, returned, every_class)
+        tracer = Tracer(torch, observer, returned, every_class)
         with block(tracer):
             yield tracer.trace
         return
-    op_tracer = _OpTracer(torch, observer, ops, window)
+    from pytest_determinism.nondeterminism.op_tracing import OpTracer
+
+    op_tracer = OpTracer(torch, observer, ops, window)
     op_tracer.sync()
     try:
         with block(op_tracer):
