@@ -267,6 +267,7 @@ def find_origin(
             if d.call.params != recorded.calls[d.recorded_index].params
         )
     )
+    returned = tuple(current.exit_order())
     origin = Origin(
         recorded_calls=len(recorded),
         current_calls=len(current),
@@ -275,12 +276,12 @@ def find_origin(
         parting_index=parting_index,
         changed_params=changed_params,
         growth=growth_of(current, {i: d.difference for i, d in differences.items()}),
-        returned=tuple(current.exit_order()),
+        returned=returned,
     )
     first = next(
         (
             differences[i]
-            for i in current.exit_order()
+            for i in returned
             if i in differences and differences[i].beyond
         ),
         None,
@@ -289,7 +290,7 @@ def find_origin(
         changed = next(
             (
                 differences[i]
-                for i in current.exit_order()
+                for i in returned
                 if i in differences and differences[i].difference > 0
             ),
             None,
