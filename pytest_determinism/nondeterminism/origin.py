@@ -279,11 +279,7 @@ def find_origin(
         returned=returned,
     )
     first = next(
-        (
-            differences[i]
-            for i in returned
-            if i in differences and differences[i].beyond
-        ),
+        (differences[i] for i in returned if i in differences and differences[i].beyond),
         None,
     )
     if first is None:
