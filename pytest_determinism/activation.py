@@ -2,8 +2,9 @@
 
 ``start`` runs before the function-scoped fixtures are set up, ``before_body`` right before
 each run of the test body (after every other plugin's reseeding), ``finish`` after the
-fixtures are torn down. Between ``start`` and ``finish`` the global state is the test's;
-afterwards it is exactly what it was before.
+fixtures are torn down. Under ``--determinism`` the run checker reseeds before each run
+itself, and ``before_run`` takes the place of ``before_body``. Between ``start`` and
+``finish`` the global state is the test's; afterwards it is exactly what it was before.
 """
 
 from __future__ import annotations
@@ -68,6 +69,11 @@ class ActiveTest:
         """Right before a run of the test body: reseed, so the body starts from the seed."""
         self._take_over_torch()
         seed_everything(self.settings.seed)
+
+    def before_run(self) -> None:
+        """Right before a run of ``--determinism``, which the run checker has just reseeded:
+        only take over torch, should an earlier run have imported it."""
+        self._take_over_torch()
 
     def watch_compiled(self, values: Iterable[object]) -> None:
         """Watch the modules among ``values`` compiled in place (``module.compile()``), so the

@@ -51,7 +51,7 @@ def run_ci_mode(
     # only captures in them, so run 0's comparison and pending failure stay as they were.
     def run_once(index: int) -> Mapping[str, Leaf]:
         nonlocal checked_values
-        active.before_body()
+        active.before_run()
         if golden is not None:
             golden.start_run(index)
         if index == 0:

@@ -122,3 +122,18 @@ def test_an_every_call_subscriber_hears_nested_calls_after_the_outermost_start(h
         hooks.unsubscribe(pre=pre)
     assert model.inner.seen == [True]
     assert heard == [("enter", "Outer"), ("pre", "Outer"), ("pre", "Probe"), ("exit", "Outer")]
+
+
+def test_the_module_walk_finds_what_modules_finds() -> None:
+    from pytest_determinism.state.module_tree import registered_modules
+
+    shared = torch.nn.Linear(2, 2)
+    model = torch.nn.Sequential(
+        torch.nn.Sequential(shared, torch.nn.Dropout()), torch.nn.ModuleList(), shared
+    )
+    model.register_module("empty", None)
+    found = registered_modules(model)
+    assert found[0] is model
+    assert {id(m) for m in found} == {id(m) for m in model.modules()}
+    # The shared layer is listed once per parent.
+    assert sum(m is shared for m in found) == 2

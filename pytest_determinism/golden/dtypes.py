@@ -9,7 +9,7 @@ values are compared in.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, cached_property
 from typing import Any
 
 import numpy as np
@@ -52,9 +52,11 @@ class DtypeInfo:
         """Bytes per element."""
         return int(self.storage.itemsize)
 
-    @property
+    @cached_property
     def native(self) -> bool:
         """Whether ``storage`` is the dtype itself rather than a same-size bit container."""
+        # Cached: NumPy builds a dtype's name in Python on every read, and every checked
+        # value asks.
         return self.storage.name == self.name
 
     @property

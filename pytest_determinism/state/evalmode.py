@@ -23,6 +23,7 @@ from typing import Any
 
 from pytest_determinism.errors import DeterminismWarning, StochasticModuleError
 from pytest_determinism.state import hooks
+from pytest_determinism.state.module_tree import registered_modules
 
 __all__ = [
     "BATCH_STATISTICS",
@@ -99,19 +100,7 @@ def _compiled_inner(module: Any) -> Any:
 
 def _any_training(module: Any) -> bool:
     """Whether ``module`` or a submodule registered under it is in training mode."""
-    # A plain walk over ``_modules``: Module.modules() builds every qualified name on the
-    # way, several times the cost, at every outermost call.
-    stack = [module]
-    pop, extend = stack.pop, stack.extend
-    while stack:
-        sub = pop()
-        # ``_modules`` may hold None for a submodule slot left empty.
-        if sub is None:
-            continue
-        if sub.training:
-            return True
-        extend(sub._modules.values())
-    return False
+    return any(sub.training for sub in registered_modules(module))
 
 
 _TORCH_DIR = None

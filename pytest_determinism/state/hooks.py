@@ -45,6 +45,8 @@ import warnings
 from collections.abc import Callable
 from typing import Any
 
+from pytest_determinism.state.module_tree import registered_modules
+
 __all__ = [
     "PostHook",
     "PreHook",
@@ -371,7 +373,7 @@ def watch_compiled(modules: Any) -> None:
     Undone by :func:`unwatch_compiled`, and when the last subscriber leaves.
     """
     for root in modules:
-        for module in root.modules():
+        for module in registered_modules(root):
             compiled = module.__dict__.get("_compiled_call_impl")
             if compiled is None or getattr(compiled, "__determinism_boundary__", False):
                 continue

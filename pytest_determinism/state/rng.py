@@ -14,9 +14,14 @@ from __future__ import annotations
 import random
 import sys
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
-import numpy as np
+from pytest_determinism.state.numpy_rng import (
+    NumpyState,
+    capture_numpy,
+    restore_numpy,
+    seed_numpy,
+)
 
 __all__ = ["RngState", "capture_rng", "restore_rng", "seed_everything", "torch_if_imported"]
 
@@ -44,7 +49,7 @@ class RngState:
     """A comparable snapshot of every controlled RNG (``None`` where one was not in use)."""
 
     python: tuple[Any, ...]
-    numpy: tuple[str, bytes, int, int, float]
+    numpy: NumpyState
     torch_cpu: bytes | None = None
     cuda: tuple[bytes, ...] | None = None
     mps: bytes | None = None
@@ -60,10 +65,7 @@ def _bytes_tensor(torch: Any, data: bytes) -> Any:
 
 def capture_rng() -> RngState:
     """Snapshot every controlled RNG without initialising anything new."""
-    kind, key, pos, has_gauss, cached = cast(
-        "tuple[str, np.ndarray[Any, Any], int, int, float]", np.random.get_state(legacy=True)
-    )
-    numpy_state = (str(kind), key.tobytes(), int(pos), int(has_gauss), float(cached))
+    numpy_state = capture_numpy()
     torch = torch_if_imported()
     if torch is None:
         return RngState(python=random.getstate(), numpy=numpy_state)
@@ -83,8 +85,7 @@ def capture_rng() -> RngState:
 def restore_rng(state: RngState) -> None:
     """Put every RNG back to ``state`` (a generator that appeared since is left alone)."""
     random.setstate(state.python)
-    kind, key, pos, has_gauss, cached = state.numpy
-    np.random.set_state((kind, np.frombuffer(key, dtype=np.uint32), pos, has_gauss, cached))
+    restore_numpy(state.numpy)
     torch = torch_if_imported()
     if torch is None or state.torch_cpu is None:
         return
@@ -103,7 +104,7 @@ def seed_everything(seed: int) -> None:
     call, about 1 ms at pytest's stack depth).
     """
     random.seed(seed)
-    np.random.seed(seed)
+    seed_numpy(seed)
     torch = torch_if_imported()
     if torch is None:
         return
