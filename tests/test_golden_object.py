@@ -287,6 +287,27 @@ def test_ci_mode_compares_run_zero_and_captures_later_runs(golden_file: Path) ->
     assert (result.passed, result.failed) == (1, 1)
 
 
+def test_a_later_run_keeps_what_it_checked_and_shares_run_zeros_equal_leaves(
+    golden_file: Path,
+) -> None:
+    _record(golden_file, (torch.zeros(2), None), (torch.ones(3), "b"))
+    golden = _golden(golden_file, defer=True)
+    golden.start_run(0)
+    golden.check(torch.zeros(2))
+    golden.check(torch.ones(3), name="b")
+    golden.start_run(1)
+    same, other = torch.zeros(2), torch.full((3,), 2.0)
+    golden.check(same)
+    golden.check(other, name="b")
+    # Changed after the check: the evidence is what was checked.
+    same.add_(5)
+    other.mul_(0)
+    first, second = golden.evidence(0), golden.evidence(1)
+    assert second["0"] is first["0"]
+    assert second["0"].data.tolist() == [0.0, 0.0]
+    assert second["b"].data.tolist() == [2.0, 2.0, 2.0]
+
+
 def test_ci_mode_defers_a_missing_golden(golden_file: Path) -> None:
     golden = _golden(golden_file, defer=True)
     golden.start_run(0)

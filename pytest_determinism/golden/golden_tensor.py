@@ -12,7 +12,7 @@ engine, which compares the runs bit for bit.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -175,11 +175,12 @@ class GoldenTensor:
         # Bad tolerances fail the same way whether the check compares or records.
         resolve_tolerance("float32", rtol=rtol, atol=atol)
         try:
-            # Recording needs no copy here: the writer keeps what it needs at once. An
-            # empty exclude still lets error messages offer exclude= as the way out.
+            # Recording needs no copy here: the writer keeps what it needs at once, and a
+            # later run's leaves are copied only where they differ from run 0's. An empty
+            # exclude still lets error messages offer exclude= as the way out.
             leaves = flatten(
                 value,
-                copy=self._capturing,
+                copy=self._capturing and self._run == 0,
                 prefix=name,
                 exclude=() if exclude is None else exclude,
             )
@@ -195,7 +196,7 @@ class GoldenTensor:
         self._names[name] = list(leaves)
         self._keys.update(leaves)
         if self._capturing:
-            self._evidence[self._run].update(leaves)
+            self._evidence[self._run].update(self._kept(leaves) if self._run else leaves)
         if self._run > 0:
             return
         if self.update:
@@ -220,6 +221,20 @@ class GoldenTensor:
                 self.pending_failure = f"{self.pending_failure}\n\n{message}"
             return
         raise AssertionError(message)
+
+    def _kept(self, leaves: dict[str, Leaf]) -> dict[str, Leaf]:
+        """A later run's leaves as its evidence: run 0's own leaf where the bytes are the
+        same (a copy would only be compared with it and dropped), else a copy, as the
+        test may still change the value it checked."""
+        first = self._evidence.get(0, {})
+        kept = {}
+        for key, leaf in leaves.items():
+            same = first.get(key)
+            if same is not None and bits_equal(same, leaf):
+                kept[key] = same
+            else:
+                kept[key] = replace(leaf, data=leaf.data.copy())
+        return kept
 
     def _record(self, name: str, leaves: dict[str, Leaf]) -> None:
         __tracebackhide__ = True

@@ -64,6 +64,8 @@ def bits_equal(a: Leaf, b: Leaf) -> bool:
     NaNs with identical bits are equal; ``0.0`` and ``-0.0`` are not. The device does not
     count: a value moved between devices unchanged is the same value.
     """
+    if a is b:
+        return True
     if a.dtype != b.dtype or a.shape != b.shape:
         return False
     return bytes_equal(a.data, b.data)

@@ -31,8 +31,9 @@ NumpyState = tuple[bytes, int, float]
 
 _WORDS = 624
 _STATE_BYTES = _WORDS * 4 + struct.calcsize("i")
-# The struct right after each of the last few seedings: the Gaussian cache is empty there.
-_seeded: dict[bytes, None] = {}
+# The struct right after seeding, for the last few seeds, least recent first: the Gaussian
+# cache is empty there, and a seed always gives the same struct.
+_seeded: dict[int, bytes] = {}
 _SEEDED_KEPT = 8
 # The bit generator last looked at, and its struct's address (None: use NumPy's API).
 _known: tuple[Any, int | None] = (None, None)
@@ -69,12 +70,13 @@ def _address() -> int | None:
 def seed_numpy(seed: int) -> None:
     """``np.random.seed(seed)``, remembering the state it gives for :func:`capture_numpy`."""
     np.random.seed(seed)
+    if seed in _seeded:
+        _seeded[seed] = _seeded.pop(seed)
+        return
     address = _address()
     if address is None:
         return
-    raw = ctypes.string_at(address, _STATE_BYTES)
-    _seeded.pop(raw, None)
-    _seeded[raw] = None
+    _seeded[seed] = ctypes.string_at(address, _STATE_BYTES)
     if len(_seeded) > _SEEDED_KEPT:
         del _seeded[next(iter(_seeded))]
 
@@ -84,7 +86,7 @@ def capture_numpy() -> NumpyState:
     address = _address()
     if address is not None:
         raw = ctypes.string_at(address, _STATE_BYTES)
-        if raw in _seeded:
+        if raw in _seeded.values():
             return raw, 0, 0.0
         _, _, has_gauss, gauss = _legacy_state()
         return raw, has_gauss, gauss
