@@ -47,6 +47,10 @@ def run_ci_mode(
     helpers_before = context.helper_checks()
     checked_values = False
 
+    # Looked up once: item.ihook finds the conftest plugins for the test's path anew on
+    # every read.
+    pyfunc_call = item.ihook.pytest_pyfunc_call
+
     # Indices past the probe run's are re-runs that explain a difference: golden_tensor
     # only captures in them, so run 0's comparison and pending failure stay as they were.
     def run_once(index: int) -> Mapping[str, Leaf]:
@@ -55,13 +59,13 @@ def run_ci_mode(
         if golden is not None:
             golden.start_run(index)
         if index == 0:
-            item.ihook.pytest_pyfunc_call(pyfuncitem=item)
+            pyfunc_call(pyfuncitem=item)
         else:
             # pytest records the warnings of the whole call phase: a later run's repeats of
             # run 0's warnings would be counted once per run. Filters stay as they are, so a
             # warning turned into an error still raises.
             with warnings.catch_warnings(record=True):
-                item.ihook.pytest_pyfunc_call(pyfuncitem=item)
+                pyfunc_call(pyfuncitem=item)
         evidence = golden.evidence(index) if golden is not None else {}
         checked_values = checked_values or bool(evidence)
         return evidence

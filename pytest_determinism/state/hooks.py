@@ -42,6 +42,7 @@ from __future__ import annotations
 import functools
 import sys
 import warnings
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
@@ -82,11 +83,16 @@ _original_compile: Any = None
 _is_compiling: Callable[[], bool] = lambda: False  # noqa: E731 - replaced once torch is seen
 
 # The outermost call now running: its module, how deep it is in calls of itself, the args
-# tuple it started with, and the hooks on it that hear its end while the global ones are out.
+# tuple it started with, and the module whose own hook dicts hold the pair that hears its
+# end while the global hooks are out.
 _outer: Any = None
 _depth = 0
 _entry_args: tuple[Any, ...] | None = None
-_local: tuple[Any, Any] | None = None
+_local: Any = None
+# The key of that pair in a module's hook dicts: the id of a handle torch handed out once,
+# which it never hands out again. The pair goes into the dicts directly, as
+# register_forward_hook would put it, without two handles made and removed per call.
+_local_key: int | None = None
 
 # The text of torch's warning in OptimizedModule.__call__ when any global hook exists.
 _OPTIMIZED_MODULE_WARNING = r"Using `torch\.compile\(module\)` when there are global hooks"
@@ -100,10 +106,11 @@ def _dispatch_pre(module: Any, args: tuple[Any, ...]) -> None:
         return
     if _outer is None:
         if _open(module, args):
-            _local = (
-                module.register_forward_pre_hook(_local_pre),
-                module.register_forward_hook(_local_post, always_call=True),
-            )
+            key = _local_key if _local_key is not None else _reserve_key()
+            module._forward_pre_hooks[key] = _local_pre
+            module._forward_hooks[key] = _local_post
+            module._forward_hooks_always_called[key] = True
+            _local = module
     elif module is _outer:
         _depth += 1
     for hook in tuple(_pre):
@@ -165,11 +172,23 @@ def _close() -> None:
     global _outer, _depth, _entry_args, _local
     _outer, _depth, _entry_args = None, 0, None
     if _local is not None:
-        for handle in _local:
-            handle.remove()
+        for hooks in (
+            _local._forward_pre_hooks,
+            _local._forward_hooks,
+            _local._forward_hooks_always_called,
+        ):
+            hooks.pop(_local_key, None)
         _local = None
     if _attached and not _registered:
         _register()
+
+
+def _reserve_key() -> int:
+    global _local_key
+    # torch's hook dicts are OrderedDicts: a handle keeps a weak reference to its dict.
+    handle = sys.modules["torch"].utils.hooks.RemovableHandle(OrderedDict())
+    _local_key = int(handle.id)
+    return _local_key
 
 
 def _register() -> None:
