@@ -80,6 +80,8 @@ def run_ci_mode(
         catch=(Exception, pytest.fail.Exception),
         rootdir=str(item.config.rootpath),
     )
+    if golden is not None:
+        golden.compare_run_zero()
     checked_values = checked_values or context.helper_checks() != helpers_before
     not_reentrant = is_not_reentrant(verdict)
     record.determinism_tests += 1

@@ -276,6 +276,9 @@ def test_ci_mode_compares_run_zero_and_captures_later_runs(golden_file: Path) ->
     golden.start_run(1)
     golden.check(torch.full((2,), 7.0))
     golden.check({"k": torch.ones(1)}, name="named")
+    # Run 0 is compared with the golden once every run is made.
+    assert golden.pending_failure is None
+    golden.compare_run_zero()
     assert golden.pending_failure is not None  # run 0's structure differs for "named"
     assert "missing: in the golden but not checked: 'named'" in golden.pending_failure
     first, second = golden.evidence(0), golden.evidence(1)
@@ -313,11 +316,14 @@ def test_ci_mode_defers_a_missing_golden(golden_file: Path) -> None:
     golden.start_run(0)
     golden.check(1.0)
     golden.check(2.0, name="b")
-    assert golden.pending_failure is not None
-    assert "pytest --update-golden" in golden.pending_failure
     golden.start_run(1)
     golden.check(1.0)
     assert list(golden.evidence(1)) == ["0"]
+    golden.compare_run_zero()
+    assert golden.pending_failure is not None
+    assert "pytest --update-golden" in golden.pending_failure
+    # One message for the missing file, not one per check.
+    assert golden.pending_failure.count("no golden file") == 1
 
 
 def test_ci_mode_with_update_records_run_zero_only(golden_file: Path) -> None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from pytest_determinism.errors import GoldenFileError
 from pytest_determinism.golden.compare import compare_leaves
@@ -35,6 +35,17 @@ from pytest_determinism.golden.values import Leaf, bits_equal, flatten
 from pytest_determinism.golden.writing import GoldenWriter
 
 __all__ = ["GoldenTensor"]
+
+
+class _Comparison(NamedTuple):
+    """One check's values and how to compare them with the golden."""
+
+    name: str
+    leaves: dict[str, Leaf]
+    rtol: float | None
+    atol: float | None
+    exact: bool
+    equal_nan: bool
 
 
 class GoldenTensor:
@@ -79,6 +90,8 @@ class GoldenTensor:
         self._names: dict[str, list[str]] = {}
         self._keys: set[str] = set()
         self._evidence: dict[int, dict[str, Leaf]] = {}
+        # CI mode: run 0's checks, compared with the golden once every run is made.
+        self._waiting: list[_Comparison] = []
         # Under --update-golden: each check name and its keys, in order; the writer holds
         # their values.
         self._recorded: dict[str, list[str]] = {}
@@ -102,7 +115,8 @@ class GoldenTensor:
 
     def start_run(self, index: int) -> None:
         """Begin run ``index`` of the CI mode: unnamed checks count from ``0`` again;
-        run 0 compares (or records), later runs only capture their evidence."""
+        run 0 records, or compares at :meth:`compare_run_zero`; later runs only capture
+        their evidence."""
         self._run = index
         self._capturing = True
         self._counter = 0
@@ -202,6 +216,24 @@ class GoldenTensor:
         if self.update:
             self._record(name, leaves)
             return
+        comparison = _Comparison(name, leaves, rtol, atol, exact, equal_nan)
+        if self._capturing:
+            # The CI mode compares run 0 with the golden once every run is made
+            # (compare_run_zero): the runs follow one another with no golden read between.
+            self._waiting.append(comparison)
+            return
+        self._judge(comparison)
+
+    def compare_run_zero(self) -> None:
+        """CI mode, once every run is made: compare run 0's checks with the golden, in the
+        order they were made, keeping a mismatch in :attr:`pending_failure`."""
+        waiting, self._waiting = self._waiting, []
+        for comparison in waiting:
+            self._judge(comparison)
+
+    def _judge(self, comparison: _Comparison) -> None:
+        __tracebackhide__ = True
+        name, leaves, rtol, atol, exact, equal_nan = comparison
         try:
             message = self._compare(
                 name, leaves, rtol=rtol, atol=atol, exact=exact, equal_nan=equal_nan
