@@ -119,3 +119,34 @@ def test_the_snapshot_sees_each_disturbance() -> None:
         finally:
             state.restore(before)
     assert state.capture() == before
+
+
+def test_teardown_draws_the_same_numbers_with_or_without_the_ci_mode(
+    pytester: pytest.Pytester, run
+) -> None:
+    """The runs of --determinism leave the RNGs as one run of the body leaves them."""
+    pytester.makepyfile(
+        """
+import os, random
+import numpy as np
+import pytest
+import torch
+
+@pytest.fixture
+def after_body():
+    yield
+    with open(os.environ["TEARDOWN_DRAWS"], "a") as out:
+        out.write(f"{random.random()} {np.random.rand()} {torch.rand(1).item()}\\n")
+
+@pytest.mark.deterministic
+def test_draws(after_body):
+    random.random(); np.random.rand(2)
+    torch.nn.Linear(2, 2)(torch.rand(1, 2))
+"""
+    )
+    draws = pytester.path / "draws.txt"
+    pytester._monkeypatch.setenv("TEARDOWN_DRAWS", str(draws))
+    run().assert_outcomes(passed=1)
+    run("--determinism").assert_outcomes(passed=1)
+    plain, checked = draws.read_text().splitlines()
+    assert plain == checked
