@@ -72,19 +72,23 @@ def run_ci_mode(
 
     # pytest.fail() raises an OutcomeException, a BaseException: a run that fails through
     # it is evidence like any other, while skip/exit/KeyboardInterrupt still propagate.
-    verdict = check_runs(
-        run_once,
-        runs=runs,
-        seed=settings.seed,
-        stochastic=settings.stochastic,
-        catch=(Exception, pytest.fail.Exception),
-        rootdir=str(item.config.rootpath),
-        # The test's teardown sees the RNGs as one run of its body left them, and they are
-        # put back after it (ActiveTest.finish).
-        put_back_rng=False,
-    )
-    if golden is not None:
-        golden.compare_run_zero()
+    try:
+        verdict = check_runs(
+            run_once,
+            runs=runs,
+            seed=settings.seed,
+            stochastic=settings.stochastic,
+            catch=(Exception, pytest.fail.Exception),
+            rootdir=str(item.config.rootpath),
+            # The test's teardown sees the RNGs as one run of its body left them, and they
+            # are put back after it (ActiveTest.finish).
+            put_back_rng=False,
+        )
+    finally:
+        # Also when a run skipped the test: the checks it made before count, as in a
+        # plain run.
+        if golden is not None:
+            golden.compare_run_zero()
     checked_values = checked_values or context.helper_checks() != helpers_before
     not_reentrant = is_not_reentrant(verdict)
     record.determinism_tests += 1

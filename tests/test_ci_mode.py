@@ -235,6 +235,30 @@ def test_new(golden_tensor):
     assert not list(pytester.path.rglob("*.safetensors"))
 
 
+def test_checks_made_before_a_skip_count_as_in_a_plain_run(pytester: pytest.Pytester) -> None:
+    """Run 0 is compared with its golden after the runs, also when a run skipped the test."""
+    pytester.makepyfile(
+        """
+import os
+import pytest
+import torch
+
+@pytest.mark.deterministic
+def test_skipped(golden_tensor):
+    golden_tensor.check(torch.ones(3), name="y")
+    if os.environ.get("SKIP_AFTER_CHECK"):
+        pytest.skip("checked, then skipped")
+"""
+    )
+    pytester.runpytest("-p", "no:randomly", "--update-golden").assert_outcomes(passed=1)
+    pytester._monkeypatch.setenv("SKIP_AFTER_CHECK", "1")
+    plain = pytester.runpytest("-p", "no:randomly")
+    checked = pytester.runpytest("-p", "no:randomly", "--determinism")
+    for result in (plain, checked):
+        result.assert_outcomes(skipped=1)
+        result.stdout.fnmatch_lines(["golden: 1 passed*"])
+
+
 def test_runs_option_and_body_run_count(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(
         """
