@@ -18,7 +18,11 @@ built from config objects (BERT, Llama, ConvNeXt; forwards of about 10-30 ms her
   ``--update-golden`` session, which is not timed.
 
 The three tests of a round run back to back, models interleaved, so a disturbance of the
-shared machine moves both. A conftest plugin times each test's call phase (and its whole
+shared machine moves all three. Each model's group starts with an untimed forward of that
+model (``test_model[warm-...]``), and the order of the three timed tests turns with the
+round: the first forward after another model's tests is 0.5-0.8 ms slower (the model's
+weights are out of the caches), which whichever kind came first would otherwise pay in
+every round. A conftest plugin times each test's call phase (and its whole
 setup-call-teardown protocol) with ``time.perf_counter``. Printed per model: the medians of
 the per-round ratios checked/settings (what ``--determinism`` itself adds) and checked/plain
 (the marker's settings too), with quartiles, and checked/plain for the whole protocol. The
@@ -87,8 +91,11 @@ def forward(name):
 
 @pytest.mark.parametrize("rnd", range(ROUNDS))
 @pytest.mark.parametrize("name", NAMES)
-@pytest.mark.parametrize("kind", ["plain", "settings", "checked"])
+@pytest.mark.parametrize("kind", ["warm", "plain", "settings", "checked"])
 def test_model(kind, name, rnd, golden_tensor):
+    if kind == "warm":
+        forward(name)
+        return
     if kind == "plain":
         for _ in range(2):
             forward(name)
@@ -135,11 +142,19 @@ def pytest_sessionfinish(session):
     Path(__file__).with_name("times.json").write_text(json.dumps(TIMES))
 
 
+KINDS = ["plain", "settings", "checked"]
+
+
 def pytest_collection_modifyitems(items):
-    # Interleave: for each round and model, the plain test, then the checked one.
+    # For each round and model: an untimed forward of the model, then the three timed
+    # tests in an order that turns with the round. The first forward after another
+    # model's tests is slower (its weights are out of the caches): without the warm-up
+    # and the turn, whichever kind came first would pay for it in every round.
     def key(item):
         params = item.callspec.params
-        return (params.get("rnd", -1), params["name"], params.get("kind", ""))
+        rnd, kind = params.get("rnd", -1), params.get("kind", "")
+        position = (KINDS.index(kind) - rnd) % len(KINDS) if kind in KINDS else -1
+        return (rnd, params["name"], position)
     items.sort(key=key)
     for item in items:
         if item.callspec.params.get("kind") == "checked":
