@@ -152,8 +152,6 @@ def bytes_equal(a: np.ndarray[Any, Any], b: np.ndarray[Any, Any]) -> bool:
     # bounds test first: reading an address through ``ctypes`` costs ten times as much).
     if np.may_share_memory(ra, rb) and ra.ctypes.data == rb.ctypes.data:
         return True
-    if ra.size <= _EQUAL_CHUNK_BYTES:
-        return bool(np.array_equal(raw_view(ra), raw_view(rb)))
     for start in range(0, ra.size, _EQUAL_CHUNK_BYTES):
         stop = start + _EQUAL_CHUNK_BYTES
         if not np.array_equal(raw_view(ra[start:stop]), raw_view(rb[start:stop])):

@@ -1,8 +1,9 @@
 """NumPy's global random state, captured and put back in microseconds.
 
 NumPy's ``get_state`` / ``set_state`` copy the 624 words of the global Mersenne Twister one
-element at a time at Python level, about 50 us each, and a checked test captures and
-restores every RNG around its runs and at each outermost forward call of the seed probe.
+element at a time at Python level, about 50 us each, and every RNG is captured or restored
+at each outermost forward call of the seed probe, around each helper check and around each
+marked test.
 Here the twister's state is read and written as the bytes of its C struct (``key[624]``,
 then ``int pos``) at the bit generator's documented ``ctypes.state_address``; the layout is
 verified against ``get_state`` once per bit generator, and anything else (another bit
